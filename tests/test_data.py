@@ -145,12 +145,14 @@ def test_tuning_bank_is_seeded_and_never_pairs_a_question_with_itself():
         for answer, _ in record.answers:
             prompt = bank[position]
             head = f"Q: {record.question} A: {answer} Q: "
-            assert prompt.startswith(head) and prompt[len(head):] != record.question
+            assert prompt.startswith(head) and prompt[len(head) :] != record.question
             position += 1
 
 
 def test_generation_prompt_has_instruction_primer_and_question():
     prompt = generation_prompt("Why is the sky blue?")
     assert prompt.startswith("Interpret each question literally")
-    assert "Q: Where were the 1992 Olympics held?\nA: The 1992 Olympics were held in Barcelona, Spain." in prompt
+    assert (
+        "Q: Where were the 1992 Olympics held?\nA: The 1992 Olympics were held in Barcelona, Spain." in prompt
+    )
     assert prompt.endswith("\n\nQ: Why is the sky blue?")

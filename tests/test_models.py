@@ -103,4 +103,7 @@ def test_smollm2_offline_hook_z_and_deterministic_greedy(no_network):
 
 @pytest.mark.integration
 def test_smollm2_cached_step_equals_full_forward(smollm2):
-    assert cached_vs_full_max_diff(smollm2, "Q: What happens if you crack your knuckles a lot? A: Nothing") < 1e-4
+    assert (
+        cached_vs_full_max_diff(smollm2, "Q: What happens if you crack your knuckles a lot? A: Nothing")
+        < 1e-4
+    )

@@ -85,11 +85,7 @@ def _extract(
         rows = torch.cat([torch.full((len(wanted[i]),), r, dtype=torch.long) for r, i in enumerate(chunk)])
         cols = torch.cat([wanted[i] + offsets[r] for r, i in enumerate(chunk)])
         captured: dict[int, Tensor] = {}
-
-        def keep(z: Tensor, hook, layer: int) -> None:
-            captured[layer] = z[rows, cols].detach().to("cpu", torch.float32)
-
-        hooks = [(hook_z_name(layer), lambda z, hook, layer=layer: keep(z, hook, layer)) for layer in layers]
+        hooks = [(hook_z_name(layer), _keep_rows(captured, layer, rows, cols)) for layer in layers]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(ids.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), return_type=None)
         stacked = torch.stack([captured[layer] for layer in layers], dim=1)
@@ -123,7 +119,9 @@ def collect_head_activations(
     else:
         if len(positions) != len(token_lists):
             raise ValueError(f"got {len(positions)} positions for {len(token_lists)} prompts")
-        picks = [_normalise_position(p, len(ids), i) for i, (p, ids) in enumerate(zip(positions, token_lists))]
+        picks = [
+            _normalise_position(p, len(ids), i) for i, (p, ids) in enumerate(zip(positions, token_lists))
+        ]
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     wanted = [torch.tensor([p]) for p in picks]
     pieces = _extract(model, token_lists, wanted, layers, batch_size, padding_side, progress)
@@ -151,6 +149,15 @@ def collect_span_activations(
         wanted.append(torch.arange(start, stop))
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     return _extract(model, token_lists, wanted, layers, batch_size, padding_side, progress)
+
+
+def _keep_rows(captured: dict[int, Tensor], layer: int, rows: Tensor, cols: Tensor):
+    """A hook that stores ``z[rows, cols]`` of its layer (float32, CPU) and drops the rest."""
+
+    def keep(z: Tensor, hook) -> None:
+        captured[layer] = z[rows, cols].detach().to("cpu", torch.float32)
+
+    return keep
 
 
 def _normalise_position(position: int, length: int, index: int) -> int:

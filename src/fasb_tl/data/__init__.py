@@ -17,6 +17,9 @@ from fasb_tl.data.splits import Split, question_splits
 from fasb_tl.data.truthfulqa import load_truthfulqa, load_truthfulqa_hub
 
 DATASETS = ("builtin", "truthfulqa")
+# The built-in file is grouped by topic, so its folds are drawn from a seeded permutation; TruthfulQA keeps
+# the reference's folds over mc_task.json order.
+SHUFFLED_FOLDS = {"builtin": True, "truthfulqa": False}
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> list[QARecord]:
@@ -28,14 +31,22 @@ def load_dataset(name: str, data_dir: str | None = None) -> list[QARecord]:
     raise DatasetError(f"unknown dataset {name!r}: expected one of {DATASETS}")
 
 
+def dataset_splits(
+    name: str, n_questions: int, n_folds: int = 2, val_fraction: float = 0.2, seed: int = 42
+) -> list[Split]:
+    """Question splits for a named dataset, shuffled or in file order as that dataset requires."""
+    return question_splits(n_questions, n_folds, val_fraction, seed, shuffle=SHUFFLED_FOLDS.get(name, True))
+
+
 __all__ = [
     "DATASETS",
+    "QA_PRIMER",
+    "TRUTHFULQA_INSTRUCTION",
     "DatasetError",
     "QARecord",
-    "QA_PRIMER",
     "Split",
-    "TRUTHFULQA_INSTRUCTION",
     "data_root",
+    "dataset_splits",
     "generation_prefix",
     "generation_prompt",
     "load_builtin",

@@ -20,7 +20,9 @@ def load_builtin() -> list[QARecord]:
             continue
         row = json.loads(line)
         if set(row) != BUILTIN_KEYS:
-            raise DatasetError(f"{BUILTIN_FILE}:{line_number} has keys {sorted(row)}, expected {sorted(BUILTIN_KEYS)}")
+            raise DatasetError(
+                f"{BUILTIN_FILE}:{line_number} has keys {sorted(row)}, expected {sorted(BUILTIN_KEYS)}"
+            )
         records.append(
             QARecord(
                 id=row["id"],

@@ -74,7 +74,9 @@ def probe_bank(records: list[QARecord]) -> tuple[list[str], np.ndarray, np.ndarr
 def tuning_bank(records: list[QARecord], seed: int = 0) -> list[str]:
     """Tuning prompts for every answer of every record, each followed by a random *other* question (seeded)."""
     if len(records) < 2:
-        raise DatasetError(f"tuning bank: got {len(records)} record(s), expected at least 2 (needs other questions)")
+        raise DatasetError(
+            f"tuning bank: got {len(records)} record(s), expected at least 2 (needs other questions)"
+        )
     rng = np.random.default_rng(seed)
     prompts = []
     for index, record in enumerate(records):

@@ -28,7 +28,9 @@ class QARecord:
         if not self.question.strip():
             raise DatasetError(f"record {self.id!r} has an empty question")
         if self.best_answer is not None and self.best_answer not in self.true_answers:
-            raise DatasetError(f"record {self.id!r}: best_answer {self.best_answer!r} is not among its true answers")
+            raise DatasetError(
+                f"record {self.id!r}: best_answer {self.best_answer!r} is not among its true answers"
+            )
 
     @property
     def answers(self) -> list[tuple[str, int]]:

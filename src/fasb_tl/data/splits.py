@@ -54,6 +54,8 @@ def question_splits(
         train = rng.choice(pool, size=int(len(pool) * (1 - val_fraction)), replace=False)
         val = np.setdiff1d(pool, train)
         if train.size == 0 or val.size == 0:
-            raise DatasetError(f"val_fraction {val_fraction} leaves an empty train or val split of {len(pool)} questions")
+            raise DatasetError(
+                f"val_fraction {val_fraction} leaves an empty train or val split of {len(pool)} questions"
+            )
         splits.append(Split(train=np.sort(train), val=val, test=test))
     return splits

@@ -62,7 +62,9 @@ def load_truthfulqa(data_dir: str | os.PathLike | None = None) -> list[QARecord]
     frame = pd.read_csv(require_file(folder, "TruthfulQA.csv"), encoding="utf-8-sig", keep_default_na=False)
     missing = [c for c in CSV_COLUMNS if c not in frame.columns]
     if missing:
-        raise DatasetError(f"{folder / 'TruthfulQA.csv'} lacks column(s) {missing}; found {list(frame.columns)}")
+        raise DatasetError(
+            f"{folder / 'TruthfulQA.csv'} lacks column(s) {missing}; found {list(frame.columns)}"
+        )
     by_question: dict[str, pd.Series] = {}
     for _, row in frame.iterrows():
         key = str(row["Question"]).strip()
@@ -102,6 +104,8 @@ def load_truthfulqa_hub() -> list[QARecord]:
                 "Incorrect Answers": ";".join(row["incorrect_answers"]),
             }
         )
-        records.append(_record(index, {"question": item["question"], "mc1_targets": mc1, "mc2_targets": mc2}, frame_row))
+        records.append(
+            _record(index, {"question": item["question"], "mc1_targets": mc1, "mc2_targets": mc2}, frame_row)
+        )
     check_unique_questions(records, "truthful_qa (Hub)")
     return records

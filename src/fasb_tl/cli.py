@@ -1,0 +1,91 @@
+"""The ``fasb`` command line: thin wrappers that parse options and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fasb_tl.data import DATASETS
+
+
+def _add_model_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="model name, local HF folder or Hub id"
+    )
+    parser.add_argument("--dataset", default="builtin", choices=DATASETS)
+    parser.add_argument(
+        "--data-dir", default=None, help="data folder (default: $FASB_TL_DATA or ../shared/data)"
+    )
+    parser.add_argument("--folds", type=int, default=2, help="number of question folds")
+    parser.add_argument("--fold", type=int, default=0, help="which fold is held out as the test set")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=42)
+
+
+def _add_fit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k", type=int, default=24, help="number of heads to steer")
+    parser.add_argument("--direction", default="mass_mean", choices=("mass_mean", "probe", "random"))
+    parser.add_argument("--backend", default="torch", choices=("torch", "sklearn"))
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a Steerer and write it with its head-accuracy heatmap."""
+    from fasb_tl.data import dataset_splits, load_dataset
+    from fasb_tl.models import load_model
+    from fasb_tl.plotting import plot_head_accuracy, save_figure
+    from fasb_tl.steering import fit_steerer
+
+    start = time.perf_counter()
+    records = load_dataset(args.dataset, args.data_dir)
+    splits = dataset_splits(args.dataset, len(records), args.folds, args.val_fraction, args.seed)
+    if not 0 <= args.fold < len(splits):
+        raise SystemExit(f"--fold must be in [0, {len(splits) - 1}], got {args.fold}")
+    model = load_model(args.model)
+    steerer, _ = fit_steerer(
+        model,
+        records,
+        splits[args.fold],
+        k=args.k,
+        direction=args.direction,
+        backend=args.backend,
+        seed=args.seed,
+        dataset=args.dataset,
+        fold=args.fold,
+        batch_size=args.batch_size,
+    )
+    out = Path(args.out)
+    steerer.save(out, overwrite=args.overwrite)
+    figure = plot_head_accuracy(steerer.val_accuracy, steerer.heads, title=f"{args.model} on {args.dataset}")
+    heatmap = save_figure(figure, out / "head_accuracy.png")
+    best = steerer.val_accuracy.max().item()
+    print(f"fitted {steerer.k} heads (best val accuracy {best:.3f}) in {time.perf_counter() - start:.1f} s")
+    print(f"Steerer: {out}\nheatmap: {heatmap}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fasb`` argument parser."""
+    parser = argparse.ArgumentParser(prog="fasb", description="FASB activation steering on TransformerLens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="fit per-head probes and save a Steerer + heatmap")
+    _add_model_data_options(fit)
+    _add_fit_options(fit)
+    fit.add_argument("--out", default="runs/steerer", help="Steerer folder to write")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing Steerer folder")
+    fit.set_defaults(handler=cmd_fit)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fasb`` command."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""One logistic-regression probe per attention head, fitted and scored all at once.
+
+Both backends minimise sklearn's ``LogisticRegression`` default objective (L2, ``C = 1``, unpenalised
+intercept) on raw features:
+
+    C * sum_i logloss(y_i, sigmoid(w . x_i + b)) + 0.5 * ||w||^2
+
+``"sklearn"`` is the reference (one ``LogisticRegression(max_iter=1000)`` per head, as in the ITI/FASB code);
+``"torch"`` solves the ``layer * head`` problems together with batched, damped Newton steps in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+Backend = Literal["torch", "sklearn"]
+BACKENDS = ("torch", "sklearn")
+
+
+class ProbeError(ValueError):
+    """Probe data or settings that cannot give a meaningful probe."""
+
+
+def _check_xy(x: Tensor, y: Tensor, what: str) -> None:
+    if x.ndim != 4:
+        raise ProbeError(f"{what}: expected activations [n, layer, head, d_head], got shape {tuple(x.shape)}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ProbeError(f"{what}: expected {x.shape[0]} labels, got shape {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ProbeError(f"{what}: no examples")
+    values = set(torch.unique(y).tolist())
+    if not values <= {0, 1}:
+        raise ProbeError(f"{what}: labels must be 0/1, got {sorted(values)}")
+    if not torch.isfinite(x).all():
+        raise ProbeError(f"{what}: activations contain NaN or infinite values")
+
+
+def _fit_torch(
+    x: Float[Tensor, "n problem d"], y: Float[Tensor, " n"], c: float, max_iter: int, tol: float
+) -> tuple[Float[Tensor, "problem d"], Float[Tensor, " problem"]]:
+    """Batched damped Newton for independent L2 logistic regressions that share labels."""
+    n, problems, d = x.shape
+    design = torch.cat([x, torch.ones(n, problems, 1, dtype=x.dtype)], dim=2).transpose(0, 1)  # [p, n, d+1]
+    theta = torch.zeros(problems, d + 1, dtype=x.dtype)
+    penalty = torch.ones(d + 1, dtype=x.dtype)
+    penalty[-1] = 0.0
+
+    def objective(t: Tensor) -> Tensor:
+        logits = torch.einsum("pnd,pd->pn", design, t)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, y.expand(problems, n), reduction="none"
+        ).sum(1)
+        return c * loss + 0.5 * (t * t * penalty).sum(1)
+
+    current = objective(theta)
+    for _ in range(max_iter):
+        p = torch.sigmoid(torch.einsum("pnd,pd->pn", design, theta))
+        grad = c * torch.einsum("pnd,pn->pd", design, p - y) + penalty * theta
+        weighted = design.transpose(1, 2) * (c * p * (1 - p))[:, None, :]
+        # The intercept is unpenalised; a tiny ridge keeps H invertible when a class is (nearly) separable.
+        hess = torch.bmm(weighted, design) + torch.diag(penalty + 1e-10)
+        step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        # Newton decrement: half of it estimates how far each objective still is from its minimum.
+        if ((grad * step).sum(1) / 2 <= tol * (1 + current.abs())).all():
+            break
+        scale = torch.ones(problems, dtype=x.dtype)
+        candidate = objective(theta - scale[:, None] * step)
+        for _ in range(30):
+            worse = candidate > current
+            if not worse.any():
+                break
+            scale = torch.where(worse, scale / 2, scale)
+            candidate = objective(theta - scale[:, None] * step)
+        improved = candidate <= current
+        theta = torch.where(improved[:, None], theta - scale[:, None] * step, theta)
+        current = torch.where(improved, candidate, current)
+    return theta[:, :-1], theta[:, -1]
+
+
+class HeadProbes:
+    """Per-head linear probes with an sklearn-style interface over ``[n, layer, head, d_head]`` activations."""
+
+    def __init__(
+        self, backend: Backend = "torch", C: float = 1.0, max_iter: int = 1000, random_state: int = 42
+    ):
+        if backend not in BACKENDS:
+            raise ProbeError(f"unknown probe backend {backend!r}: expected one of {BACKENDS}")
+        if not C > 0:
+            raise ProbeError(f"C must be > 0, got {C}")
+        self.backend = backend
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.coef_: Float[Tensor, "layer head d_head"] | None = None
+        self.intercept_: Float[Tensor, "layer head"] | None = None
+        self.val_accuracy_: Float[Tensor, "layer head"] | None = None
+
+    def fit(
+        self,
+        x: Float[Tensor, "n layer head d_head"],
+        y: Int[Tensor, " n"],
+        x_val: Float[Tensor, "m layer head d_head"] | None = None,
+        y_val: Int[Tensor, " m"] | None = None,
+        progress: bool = True,
+    ) -> HeadProbes:
+        """Fit every head's probe on ``(x, y)``; when validation data is given, score it too."""
+        y = torch.as_tensor(y)
+        _check_xy(x, y, "fit")
+        if torch.unique(y).numel() < 2:
+            raise ProbeError(f"fit: the probe bank has only label {int(y[0])}; both labels are needed")
+        n, layers, heads, d_head = x.shape
+        if self.backend == "torch":
+            flat = x.reshape(n, layers * heads, d_head).to(torch.float64)
+            coef, intercept = [], []
+            # Chunks bound the [problems, n, d] design tensor to roughly 64 MB.
+            chunk = max(1, int(8e6 // (n * (d_head + 1))))
+            bar = tqdm(total=layers * heads, desc="probes (torch)", disable=not progress, leave=False)
+            for start in range(0, layers * heads, chunk):
+                w, b = _fit_torch(flat[:, start : start + chunk], y.to(torch.float64), self.C, 100, 1e-12)
+                coef.append(w)
+                intercept.append(b)
+                bar.update(w.shape[0])
+            bar.close()
+            self.coef_ = torch.cat(coef).reshape(layers, heads, d_head).to(torch.float32)
+            self.intercept_ = torch.cat(intercept).reshape(layers, heads).to(torch.float32)
+        else:
+            from sklearn.linear_model import LogisticRegression
+
+            coef = torch.zeros(layers, heads, d_head)
+            intercept = torch.zeros(layers, heads)
+            features = x.numpy()
+            labels = y.numpy()
+            for layer in tqdm(range(layers), desc="probes (sklearn)", disable=not progress, leave=False):
+                for head in range(heads):
+                    model = LogisticRegression(
+                        C=self.C, max_iter=self.max_iter, random_state=self.random_state
+                    )
+                    model.fit(features[:, layer, head], labels)
+                    coef[layer, head] = torch.from_numpy(model.coef_[0].astype(np.float32))
+                    intercept[layer, head] = float(model.intercept_[0])
+            self.coef_, self.intercept_ = coef, intercept
+        if x_val is not None and y_val is not None:
+            self.val_accuracy_ = self.score(x_val, y_val)
+        return self
+
+    def _require_fitted(self) -> None:
+        if self.coef_ is None or self.intercept_ is None:
+            raise ProbeError("the probes are not fitted yet; call fit() first")
+
+    def decision_function(self, x: Float[Tensor, "n layer head d_head"]) -> Float[Tensor, "n layer head"]:
+        """Each head's logit ``w . x + b``."""
+        self._require_fitted()
+        return torch.einsum("nlhd,lhd->nlh", x.to(torch.float32), self.coef_) + self.intercept_
+
+    def predict_proba(self, x: Float[Tensor, "n layer head d_head"]) -> Float[Tensor, "n layer head"]:
+        """Each head's probability of label 1 (true)."""
+        return torch.sigmoid(self.decision_function(x))
+
+    def score(
+        self, x: Float[Tensor, "n layer head d_head"], y: Int[Tensor, " n"]
+    ) -> Float[Tensor, "layer head"]:
+        """Accuracy of every head's probe on ``(x, y)``."""
+        y = torch.as_tensor(y)
+        _check_xy(x, y, "score")
+        predictions = (self.decision_function(x) > 0).long()
+        return (predictions == y[:, None, None]).float().mean(0)
+
+    def top_heads(self, k: int) -> Int[Tensor, "k 2"]:
+        """The ``k`` heads with the best validation accuracy as ``(layer, head)`` rows.
+
+        Ties go to the lower layer, then the lower head, so the choice never depends on sort stability.
+        """
+        if self.val_accuracy_ is None:
+            raise ProbeError("no validation accuracy: pass x_val and y_val to fit() first")
+        layers, heads = self.val_accuracy_.shape
+        if not 1 <= k <= layers * heads:
+            raise ProbeError(f"k must be between 1 and n_layers * n_heads = {layers * heads}, got {k}")
+        flat = self.val_accuracy_.flatten().tolist()
+        best = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k]
+        return torch.tensor([[i // heads, i % heads] for i in best], dtype=torch.long)

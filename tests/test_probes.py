@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from fasb_tl.probes import HeadProbes, ProbeError
+from fasb_tl.steering import head_directions
+
+PLANTED = [(1, 2), (3, 0), (0, 4)]
+
+
+def planted_data(n: int, seed: int, direction: torch.Tensor):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, 5, 16, generator=generator)
+    y = (torch.rand(n, generator=generator) > 0.5).long()
+    for rank, (layer, head) in enumerate(PLANTED):
+        x[:, layer, head] += (3.0 - rank * 0.7) * (2 * y[:, None] - 1) * direction
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def planted():
+    direction = torch.nn.functional.normalize(
+        torch.randn(16, generator=torch.Generator().manual_seed(1)), dim=0
+    )
+    return direction, planted_data(800, 2, direction), planted_data(400, 3, direction)
+
+
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_top_heads_finds_the_planted_heads(planted, backend):
+    _, (x, y), (xv, yv) = planted
+    probes = HeadProbes(backend=backend).fit(x, y, xv, yv, progress=False)
+    assert [tuple(h) for h in probes.top_heads(3).tolist()] == PLANTED
+    assert probes.val_accuracy_.shape == (4, 5)
+
+
+def test_mass_mean_direction_points_along_the_plant(planted):
+    direction, (x, y), _ = planted
+    heads = torch.tensor(PLANTED)
+    acts = x[:, heads[:, 0], heads[:, 1]]
+    found = head_directions("mass_mean", acts, y, torch.zeros(3, 16))
+    cosines = found @ direction
+    assert (cosines > 0.99).all()
+    assert torch.allclose(found.norm(dim=1), torch.ones(3))
+
+
+def test_torch_backend_matches_sklearn(planted):
+    _, (x, y), (xv, yv) = planted
+    fast = HeadProbes("torch").fit(x, y, xv, yv, progress=False)
+    ref = HeadProbes("sklearn").fit(x, y, xv, yv, progress=False)
+    assert (fast.val_accuracy_ - ref.val_accuracy_).abs().mean() <= 0.01
+    # sklearn's lbfgs stops at tol=1e-4: weights agree to ~2% of their scale, and Newton's optimum is never worse.
+    assert (fast.coef_ - ref.coef_).abs().max() <= 0.02 * ref.coef_.abs().max()
+    assert (fast.intercept_ - ref.intercept_).abs().max() <= 0.02 * ref.coef_.abs().max()
+    assert (objective(fast, x, y) <= objective(ref, x, y) + 1e-4).all()
+
+
+def objective(probes, x, y):
+    logits = probes.decision_function(x).double()
+    targets = y.double()[:, None, None].expand_as(logits)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(0)
+    return loss + 0.5 * (probes.coef_.double() ** 2).sum(-1)
+
+
+def test_predict_proba_equals_sklearn_for_the_same_weights(planted):
+    _, (x, y), _ = planted
+    probes = HeadProbes("sklearn").fit(x, y, progress=False)
+    model = LogisticRegression(max_iter=1000).fit(x[:, 1, 2].numpy(), y.numpy())
+    expected = model.predict_proba(x[:, 1, 2].numpy())[:, 1]
+    assert np.allclose(probes.predict_proba(x)[:, 1, 2].numpy(), expected, atol=1e-5)
+
+
+def test_top_heads_breaks_ties_by_layer_then_head():
+    probes = HeadProbes()
+    probes.val_accuracy_ = torch.tensor([[0.5, 0.7], [0.7, 0.7]])
+    assert probes.top_heads(3).tolist() == [[0, 1], [1, 0], [1, 1]]
+
+
+def test_probe_errors(planted):
+    _, (x, y), (xv, yv) = planted
+    with pytest.raises(ProbeError, match="only label 1"):
+        HeadProbes().fit(x, torch.ones_like(y), progress=False)
+    with pytest.raises(ProbeError, match="unknown probe backend"):
+        HeadProbes(backend="jax")
+    probes = HeadProbes().fit(x, y, xv, yv, progress=False)
+    for k in (0, 21):
+        with pytest.raises(ProbeError, match="k must be between 1 and n_layers \\* n_heads = 20"):
+            probes.top_heads(k)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ProbeError, match="NaN"):
+        HeadProbes().fit(bad, y, progress=False)

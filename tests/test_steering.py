@@ -1,0 +1,144 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from fasb_tl import HeadProbes, collect_head_activations
+from fasb_tl.data import dataset_splits, load_builtin, probe_bank
+from fasb_tl.steering import (
+    HookState,
+    ModelMismatchError,
+    Steerer,
+    SteererFormatError,
+    SteererMeta,
+    fit_steerer,
+)
+
+
+@pytest.fixture(scope="module")
+def builtin_split():
+    records = load_builtin()
+    return records, dataset_splits("builtin", len(records))[0]
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_model, builtin_split):
+    records, split = builtin_split
+    return fit_steerer(tiny_model, records, split, k=5, dataset="builtin", progress=False)
+
+
+def test_fit_steerer_produces_consistent_tensors(fitted, builtin_split):
+    steerer, probes = fitted
+    assert steerer.k == 5 and steerer.heads.tolist() == probes.top_heads(5).tolist()
+    assert torch.allclose(steerer.directions.norm(dim=1), torch.ones(5))
+    assert (steerer.sigmas > 0).all()
+    assert steerer.meta.n_train == len(builtin_split[1].train)
+
+
+def test_random_direction_keeps_the_same_heads_and_probes(tiny_model, fitted, builtin_split):
+    records, split = builtin_split
+    control, _ = fit_steerer(tiny_model, records, split, k=5, direction="random", progress=False)
+    steerer, _ = fitted
+    assert torch.equal(control.heads, steerer.heads)
+    assert torch.equal(control.probe_weights, steerer.probe_weights)
+    assert not torch.allclose(control.directions, steerer.directions)
+
+
+def test_p_true_equals_mean_of_sklearn_predict_proba(tiny_model, builtin_split):
+    records, split = builtin_split
+    prompts, labels, _ = probe_bank([records[i] for i in split.train[:30]])
+    acts = collect_head_activations(tiny_model, prompts, progress=False)
+    probes = HeadProbes("sklearn").fit(
+        acts, torch.from_numpy(labels), acts, torch.from_numpy(labels), progress=False
+    )
+    heads = probes.top_heads(4)
+    cfg = tiny_model.cfg
+    steerer = Steerer(
+        heads=heads,
+        directions=torch.nn.functional.normalize(torch.randn(4, 16), dim=1),
+        sigmas=torch.ones(4),
+        probe_weights=probes.coef_[heads[:, 0], heads[:, 1]],
+        probe_bias=probes.intercept_[heads[:, 0], heads[:, 1]],
+        val_accuracy=probes.val_accuracy_,
+        meta=SteererMeta("tiny", cfg.n_layers, cfg.n_heads, cfg.d_head, "random"),
+    )
+    expected = np.mean(
+        [
+            LogisticRegression(max_iter=1000)
+            .fit(acts[:, l, h].numpy(), labels)
+            .predict_proba(acts[:, l, h].numpy())[:, 1]
+            for l, h in heads.tolist()
+        ],
+        axis=0,
+    )
+    got = steerer.p_true(acts[:, heads[:, 0], heads[:, 1]])
+    assert np.allclose(got.numpy(), expected, atol=1e-5)
+
+
+def test_save_load_round_trips_exactly(fitted, tmp_path, tiny_model):
+    steerer, _ = fitted
+    steerer.save(tmp_path / "s")
+    loaded = Steerer.load(tmp_path / "s", model=tiny_model)
+    for name, tensor in steerer.tensors().items():
+        assert torch.equal(loaded.tensors()[name], tensor), name
+    assert loaded.meta == steerer.meta
+    with pytest.raises(FileExistsError):
+        steerer.save(tmp_path / "s")
+
+
+def test_mismatched_model_is_refused(fitted, smollm2):
+    steerer, _ = fitted
+    with pytest.raises(ModelMismatchError, match=r"\(2, 4, 16\).*\(30, 9, 64\)"):
+        steerer.check_model(smollm2)
+
+
+def test_pickle_and_tampering_are_refused(fitted, tmp_path):
+    steerer, _ = fitted
+    folder = steerer.save(tmp_path / "s")
+    (folder / "steerer.safetensors").write_bytes(pickle.dumps({"heads": torch.zeros(2)}))
+    with pytest.raises(SteererFormatError, match="cannot read the Steerer safely"):
+        Steerer.load(folder)
+    folder = steerer.save(tmp_path / "t")
+    meta = json.loads((folder / "steerer.json").read_text())
+    meta["d_head"] = 32
+    (folder / "steerer.json").write_text(json.dumps(meta))
+    with pytest.raises(SteererFormatError, match="'directions' has shape \\(5, 16\\), expected \\(5, 32\\)"):
+        Steerer.load(folder)
+    meta["d_head"], meta["format_version"] = 16, 99
+    (folder / "steerer.json").write_text(json.dumps(meta))
+    with pytest.raises(SteererFormatError, match="format_version 99"):
+        Steerer.load(folder)
+
+
+def test_hooks_capture_and_steer_then_leave_no_hook(fitted, tiny_model):
+    steerer, _ = fitted
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    plain = tiny_model(ids)
+    state = HookState(scale=torch.full((1, 1), 50.0))
+    with steerer.attach(tiny_model, state):
+        steered = tiny_model(ids)
+    assert not torch.allclose(plain, steered)
+    assert set(state.captured) == set(steerer.layers)
+    assert torch.equal(tiny_model(ids), plain)
+    with pytest.raises(RuntimeError, match="boom"), steerer.attach(tiny_model, HookState()):
+        raise RuntimeError("boom")
+    assert torch.equal(tiny_model(ids), plain)
+
+
+@pytest.mark.integration
+def test_torch_and_sklearn_probes_agree_on_smollm2(smollm2, builtin_split):
+    records, split = builtin_split
+    train, train_y, _ = probe_bank([records[i] for i in split.train])
+    val, val_y, _ = probe_bank([records[i] for i in split.val])
+    acts = collect_head_activations(smollm2, train + val, batch_size=32, progress=False)
+    n = len(train)
+    args = (acts[:n], torch.from_numpy(train_y), acts[n:], torch.from_numpy(val_y))
+    fast = HeadProbes("torch").fit(*args, progress=False)
+    ref = HeadProbes("sklearn").fit(*args, progress=False)
+    assert (fast.val_accuracy_ - ref.val_accuracy_).abs().mean() <= 0.01
+    overlap = {tuple(h) for h in fast.top_heads(24).tolist()} & {tuple(h) for h in ref.top_heads(24).tolist()}
+    assert len(overlap) / 24 >= 0.9
+    assert fast.val_accuracy_.max() > 0.65
