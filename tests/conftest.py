@@ -42,3 +42,15 @@ def data_dir():
     from fasb_tl.data import data_root
 
     return data_root()
+
+
+@pytest.fixture(scope="session")
+def smollm2_steerer(smollm2):
+    """A Steerer fitted on SmolLM2 with the built-in dataset (fold 0), shared by integration tests."""
+    from fasb_tl.data import dataset_splits, load_builtin
+    from fasb_tl.steering import fit_steerer
+
+    records = load_builtin()
+    split = dataset_splits("builtin", len(records))[0]
+    steerer, _ = fit_steerer(smollm2, records, split, k=24, dataset="builtin", batch_size=32, progress=False)
+    return steerer

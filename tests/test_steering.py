@@ -8,6 +8,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fasb_tl import HeadProbes, collect_head_activations
 from fasb_tl.data import dataset_splits, load_builtin, probe_bank
+from fasb_tl.models import encode
 from fasb_tl.steering import (
     HookState,
     ModelMismatchError,
@@ -111,6 +112,18 @@ def test_pickle_and_tampering_are_refused(fitted, tmp_path):
     (folder / "steerer.json").write_text(json.dumps(meta))
     with pytest.raises(SteererFormatError, match="format_version 99"):
         Steerer.load(folder)
+
+
+def test_captured_p_true_equals_p_true_of_extracted_activations(fitted, tiny_model):
+    steerer, _ = fitted
+    prompts = ["Q: Is it? A: Yes.", "Q: Why not? A: Because."]
+    acts = collect_head_activations(tiny_model, prompts, progress=False)
+    expected = steerer.p_true(acts[:, steerer.heads[:, 0], steerer.heads[:, 1]])
+    for index, prompt in enumerate(prompts):
+        state = HookState()
+        with steerer.attach(tiny_model, state):
+            tiny_model(torch.tensor([encode(tiny_model, prompt)]), return_type=None)
+        assert steerer.captured_p_true(state).item() == pytest.approx(expected[index].item(), abs=1e-5)
 
 
 def test_hooks_capture_and_steer_then_leave_no_hook(fitted, tiny_model):

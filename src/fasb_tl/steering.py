@@ -155,7 +155,7 @@ class Steerer:
 
             def hook(z: Tensor, hook: Any) -> Tensor:
                 if state.capture:
-                    state.captured[layer] = z[:, -1, head_idx].detach()
+                    state.captured[layer] = z[:, -1].detach()
                 if state.scale is not None:
                     scale = state.scale.to(z.dtype).to(z.device)
                     addition = scale[:, :, None, None] * layer_delta.to(z.dtype).to(z.device)

@@ -1,0 +1,384 @@
+"""The decode loop: KV-cached generation with probe monitoring, backtracking and steering (FASB and its
+ablations), for a batch of prompts at once.
+
+How the cache is kept exact (DESIGN.md section 4):
+
+* Rows are left-padded and share one rectangular ``DynamicCache``. A row that rolls back does not re-run
+  anything: the cache slots of its dropped positions are switched off in the attention mask, and the bridge
+  derives each new token's RoPE position from the mask, so the row continues as if those slots never
+  existed. Slots that are off in *every* row at the end of the cache are cropped for real, so a batch of one
+  never carries dead slots.
+* ``reference`` history (the released code, which re-runs the whole sequence each step and edits only the
+  last position): each steered step feeds the previous token again, unsteered, next to the new one, and
+  switches the previous step's steered slot off. Earlier positions therefore always hold unsteered keys and
+  values, for the cost of one two-token forward per step.
+* ``persistent`` history (ITI-style cached generation): each regenerated position is steered once and its
+  steered keys and values stay in the cache.
+* After a trigger keeps ``m`` generated tokens, the last kept position (or the last prompt token) is
+  recomputed with steering, since it is the position whose logits choose the first regenerated token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fasb_tl.activations import Prompt, pad_batch, tokenize_prompts
+from fasb_tl.models import check_context
+from fasb_tl.steering import HookState, Steerer
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+Method = Literal["none", "iti", "question", "no_backtrack", "fixed", "fasb"]
+METHODS: tuple[str, ...] = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
+MONITORING_METHODS = ("no_backtrack", "fixed", "fasb")
+History = Literal["reference", "persistent"]
+
+
+class GenerationConfigError(ValueError):
+    """A generation setting outside its valid range."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Everything that decides how answers are generated and steered.
+
+    ``method`` selects the paper's variant: ``none`` (no steering), ``iti`` (always steer with strength 1 from
+    the first generated token), ``question`` (decide once from the prompt's last token), ``no_backtrack``
+    (steer from the detection point on, keep every token), ``fixed`` (FASB with strength 1) and ``fasb``
+    (backtrack ``back_steps`` tokens, strength ``1 - p_true``). The steering added to each selected head is
+    ``alpha * strength * sigma_k * v_k``. ``threshold`` outside ``[0, 1]`` needs ``force_threshold=True``
+    (useful to force or forbid every trigger in tests and benchmarks).
+    """
+
+    method: Method = "fasb"
+    alpha: float = 15.0
+    threshold: float = 0.6
+    back_steps: int = 10
+    max_new_tokens: int = 50
+    history: History = "reference"
+    stop_at_eos: bool = True
+    do_sample: bool = False
+    temperature: float = 1.0
+    seed: int = 0
+    force_threshold: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise GenerationConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.history not in ("reference", "persistent"):
+            raise GenerationConfigError(f"history must be 'reference' or 'persistent', got {self.history!r}")
+        if not self.alpha >= 0:
+            raise GenerationConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if not self.force_threshold and not 0.0 <= self.threshold <= 1.0:
+            raise GenerationConfigError(
+                f"threshold must be in [0, 1], got {self.threshold} (pass force_threshold=True to allow it)"
+            )
+        if self.back_steps < 0:
+            raise GenerationConfigError(f"back_steps must be >= 0, got {self.back_steps}")
+        if self.max_new_tokens < 1:
+            raise GenerationConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and not self.temperature > 0:
+            raise GenerationConfigError(f"temperature must be > 0 when sampling, got {self.temperature}")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the strength is ``1 - p_true`` (FASB, question gate) rather than 1."""
+        return self.method in ("fasb", "no_backtrack", "question")
+
+
+@dataclass
+class GenerationResult:
+    """One generated answer and what FASB did while producing it."""
+
+    text: str
+    token_ids: list[int]
+    triggered: bool = False
+    trigger_step: int | None = None
+    p_true_at_trigger: float | None = None
+    strength: float | None = None
+    removed_token_ids: list[int] = field(default_factory=list)
+    steered_from: int | None = None
+    p_true_trace: list[float] = field(default_factory=list)
+
+    @property
+    def n_removed(self) -> int:
+        """How many generated tokens the backtrack removed."""
+        return len(self.removed_token_ids)
+
+
+@dataclass(eq=False)
+class _Row:
+    """Decode state of one prompt: its live cache slots, its tokens and its FASB decisions."""
+
+    index: int
+    prompt: list[int]
+    live: list[int]
+    generated: list[int] = field(default_factory=list)
+    mode: Literal["monitor", "plain", "steer"] = "plain"
+    scale: float = 0.0
+    last_fed_steered: bool = False
+    feed: list[tuple[int, float]] = field(default_factory=list)
+    done: bool = False
+    result: GenerationResult = field(default_factory=lambda: GenerationResult(text="", token_ids=[]))
+    generator: torch.Generator | None = None
+
+    def token_at(self, logical_position: int) -> int:
+        if logical_position < len(self.prompt):
+            return self.prompt[logical_position]
+        return self.generated[logical_position - len(self.prompt)]
+
+
+class _Batch:
+    """A rectangular cache shared by rows that each keep their own prefix."""
+
+    def __init__(self, model: TransformerBridge, rows: list[_Row], state: HookState):
+        self.model = model
+        self.rows = rows
+        self.state = state
+        self.cache = None
+        self.mask: Tensor | None = None
+
+    def prefill(self, pad_id: int) -> tuple[Tensor, Tensor]:
+        """Run the left-padded prompts; returns the next-token logits ``[batch, vocab]`` and ``[batch, 1]``
+        positions that were hooked."""
+        ids, mask, offsets = pad_batch([row.prompt for row in self.rows], pad_id, "left")
+        for row, offset in zip(self.rows, offsets.tolist()):
+            row.live = list(range(offset, offset + len(row.prompt)))
+        self.mask = mask
+        return self._forward(ids, torch.zeros(ids.shape, dtype=torch.float32))
+
+    def step(self, pad_id: int) -> Tensor:
+        """Feed each row's pending tokens (right-aligned, padded to the widest row) and return logits."""
+        self._crop_dead_tail()
+        width = max(len(row.feed) for row in self.rows)
+        ids = torch.full((len(self.rows), width), pad_id, dtype=torch.long)
+        new_mask = torch.zeros((len(self.rows), width), dtype=torch.long)
+        scale = torch.zeros((len(self.rows), width), dtype=torch.float32)
+        start = self.mask.shape[1]
+        for r, row in enumerate(self.rows):
+            first = width - len(row.feed)
+            for j, (token, token_scale) in enumerate(row.feed):
+                ids[r, first + j] = token
+                new_mask[r, first + j] = 1
+                scale[r, first + j] = token_scale
+                row.live.append(start + first + j)
+            row.feed = []
+        self.mask = torch.cat([self.mask, new_mask], dim=1)
+        return self._forward(ids, scale)
+
+    def _forward(self, ids: Tensor, scale: Tensor) -> Tensor:
+        device = self.model.cfg.device
+        self.state.scale = scale if bool((scale != 0).any()) else None
+        self.state.captured.clear()
+        logits, self.cache = self.model(
+            ids.to(device),
+            attention_mask=self.mask.to(device),
+            past_key_values=self.cache,
+            return_type="logits_and_cache",
+        )
+        return logits[:, -1].float().cpu()
+
+    def drop_last(self, row: _Row, count: int) -> None:
+        """Switch off the cache slots of ``row``'s last ``count`` live positions."""
+        r = next(i for i, candidate in enumerate(self.rows) if candidate is row)
+        for _ in range(count):
+            self.mask[r, row.live.pop()] = 0
+
+    def _crop_dead_tail(self) -> None:
+        alive = self.mask.any(dim=0).nonzero()
+        keep = int(alive.max()) + 1 if alive.numel() else 0
+        dead = self.mask.shape[1] - keep
+        if dead:
+            self.cache.crop(-dead)
+            self.mask = self.mask[:, :keep]
+
+    def remove_done(self) -> None:
+        """Drop finished rows from the batch so they stop costing compute."""
+        keep = [r for r, row in enumerate(self.rows) if not row.done]
+        if len(keep) == len(self.rows):
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        if keep:
+            self.cache.batch_select_indices(index.to(self.model.cfg.device))
+        self.mask = self.mask[index]
+        self.rows = [self.rows[r] for r in keep]
+
+
+def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> int:
+    if not config.do_sample:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / config.temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class _Decoder:
+    """FASB's per-row decisions on top of :class:`_Batch`."""
+
+    def __init__(self, model: TransformerBridge, steerer: Steerer | None, config: GenerationConfig):
+        self.model = model
+        self.steerer = steerer
+        self.config = config
+        eos = model.tokenizer.eos_token_id
+        self.eos = eos if config.stop_at_eos else None
+        pad = model.tokenizer.pad_token_id
+        self.pad = pad if pad is not None else (eos if eos is not None else 0)
+
+    def _p_true(self, batch: _Batch) -> Tensor | None:
+        if self.steerer is None or not batch.state.captured:
+            return None
+        return self.steerer.captured_p_true(batch.state).float().cpu()
+
+    def run(self, prompts: list[list[int]], first_index: int) -> list[_Row]:
+        cfg = self.config
+        rows = []
+        for i, prompt in enumerate(prompts):
+            generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
+            rows.append(_Row(index=first_index + i, prompt=prompt, live=[], generator=generator))
+        state = HookState(capture=cfg.method in (*MONITORING_METHODS, "question"))
+        batch = _Batch(self.model, rows, state)
+        finished: list[_Row] = []
+        hooks = self.steerer.attach(self.model, state) if self.steerer is not None else _no_hooks(state)
+        with torch.no_grad(), hooks:
+            logits = batch.prefill(self.pad)
+            p_true = self._p_true(batch)
+            for r, row in enumerate(batch.rows):
+                self._start(batch, row, logits[r], None if p_true is None else float(p_true[r]))
+            while True:
+                finished += [row for row in batch.rows if row.done]
+                batch.remove_done()
+                if not batch.rows:
+                    break
+                state.capture = any(row.mode == "monitor" for row in batch.rows)
+                logits = batch.step(self.pad)
+                p_true = self._p_true(batch)
+                for r, row in enumerate(batch.rows):
+                    self._advance(batch, row, logits[r], None if p_true is None else float(p_true[r]))
+        return sorted(finished, key=lambda row: row.index)
+
+    def _start(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
+        """Decide what the row does after its prompt: plain, monitored, or steered from the first token."""
+        cfg = self.config
+        if cfg.method == "iti":
+            self._restart(batch, row, kept=0, strength=1.0)
+            return
+        if cfg.method == "question":
+            row.result.p_true_trace.append(p_true)
+            if p_true < cfg.threshold:
+                self._trigger(batch, row, p_true, kept=0)
+                return
+        row.mode = "monitor" if cfg.method in MONITORING_METHODS else "plain"
+        self._advance(batch, row, logits, p_true)
+
+    def _advance(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
+        """Append the next token, run the FASB check, and queue what the row feeds next."""
+        cfg = self.config
+        token = _choose(logits, cfg, row.generator)
+        row.generated.append(token)
+        n = len(row.generated)
+        at_end = token == self.eos or n >= cfg.max_new_tokens
+        if row.mode == "monitor":
+            row.result.p_true_trace.append(p_true)
+            # The released code checks once `back_steps` tokens exist, and always at EOS / the budget.
+            if (n >= cfg.back_steps or at_end) and p_true < cfg.threshold:
+                kept = n if cfg.method == "no_backtrack" else max(n - cfg.back_steps, 0)
+                if not (cfg.method == "no_backtrack" and at_end):
+                    self._trigger(batch, row, p_true, kept)
+                    return
+                self._record_trigger(row, p_true, kept)
+        if at_end:
+            row.done = True
+            return
+        steered = row.mode == "steer"
+        if steered and cfg.history == "reference" and row.last_fed_steered:
+            # Replace the previous position's steered keys/values by unsteered ones (see module docstring).
+            previous = row.token_at(len(row.live) - 1)
+            batch.drop_last(row, 1)
+            row.feed = [(previous, 0.0), (token, row.scale)]
+        else:
+            row.feed = [(token, row.scale if steered else 0.0)]
+        row.last_fed_steered = steered
+
+    def _record_trigger(self, row: _Row, p_true: float, kept: int) -> float:
+        strength = 1.0 - p_true if self.config.adaptive else 1.0
+        result = row.result
+        result.triggered = True
+        result.trigger_step = len(row.generated)
+        result.p_true_at_trigger = p_true
+        result.strength = strength
+        result.removed_token_ids = row.generated[kept:]
+        return strength
+
+    def _trigger(self, batch: _Batch, row: _Row, p_true: float, kept: int) -> None:
+        strength = self._record_trigger(row, p_true, kept)
+        self._restart(batch, row, kept, strength)
+
+    def _restart(self, batch: _Batch, row: _Row, kept: int, strength: float) -> None:
+        """Keep ``kept`` generated tokens and recompute the last kept position with steering."""
+        if row.result.strength is None:
+            row.result.strength = strength
+        row.generated = row.generated[:kept]
+        row.result.steered_from = kept
+        last = len(row.prompt) + kept - 1
+        batch.drop_last(row, len(row.live) - last)
+        row.mode = "steer"
+        row.scale = self.config.alpha * strength
+        row.feed = [(row.token_at(last), row.scale)]
+        row.last_fed_steered = True
+
+
+class _no_hooks:
+    """Stand-in for :meth:`Steerer.attach` when nothing is hooked."""
+
+    def __init__(self, state: HookState):
+        self.state = state
+
+    def __enter__(self) -> HookState:
+        return self.state
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def generate(
+    model: TransformerBridge,
+    prompts: Sequence[Prompt],
+    steerer: Steerer | None = None,
+    config: GenerationConfig | None = None,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[GenerationResult]:
+    """Generate an answer for each prompt under ``config`` (FASB by default), ``batch_size`` rows at a time.
+
+    Text prompts follow the package's BOS convention; token-id prompts are used as given. Every row is
+    monitored, triggered, rolled back and steered independently; results equal batch-size-1 results.
+    """
+    config = config or GenerationConfig()
+    if config.method != "none" and steerer is None:
+        raise GenerationConfigError(f"method {config.method!r} needs a Steerer (got None)")
+    if batch_size < 1:
+        raise GenerationConfigError(f"batch_size must be >= 1, got {batch_size}")
+    token_lists = tokenize_prompts(model, prompts)
+    for i, ids in enumerate(token_lists):
+        check_context(model, len(ids) + config.max_new_tokens, what=f"prompt {i} plus max_new_tokens")
+    decoder = _Decoder(model, steerer if config.method != "none" else None, config)
+    rows: list[_Row] = []
+    bar = tqdm(total=len(token_lists), desc=f"generate ({config.method})", disable=not progress, leave=False)
+    for start in range(0, len(token_lists), batch_size):
+        chunk = token_lists[start : start + batch_size]
+        rows += decoder.run(chunk, start)
+        bar.update(len(chunk))
+    bar.close()
+    results = []
+    for row in rows:
+        row.result.token_ids = list(row.generated)
+        row.result.text = model.tokenizer.decode(row.generated, skip_special_tokens=True)
+        results.append(row.result)
+    return results
