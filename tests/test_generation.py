@@ -2,12 +2,12 @@ import dataclasses
 
 import pytest
 import torch
+from reference_loop import reference_generate, splitting_thresholds
 
 from fasb_tl.data import dataset_splits, load_builtin
 from fasb_tl.generation import METHODS, GenerationConfig, GenerationConfigError, generate
 from fasb_tl.models import encode
 from fasb_tl.steering import fit_steerer
-from reference_loop import reference_generate, splitting_thresholds
 
 PROMPTS = [
     "Q: Is the sky blue? A:",

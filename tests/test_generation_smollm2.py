@@ -1,8 +1,8 @@
 import pytest
+from reference_loop import reference_generate, splitting_thresholds
 
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import encode
-from reference_loop import reference_generate, splitting_thresholds
 
 pytestmark = pytest.mark.integration
 

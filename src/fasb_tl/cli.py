@@ -66,6 +66,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the end-to-end demo on the embedded model."""
+    from fasb_tl.demo import DemoConfig, run_demo
+
+    run_demo(
+        DemoConfig(
+            model=args.model,
+            alpha=args.alpha,
+            threshold=args.threshold,
+            back_steps=args.back_steps,
+            n_show=args.n_show,
+            out=args.out,
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fasb`` argument parser."""
     parser = argparse.ArgumentParser(prog="fasb", description="FASB activation steering on TransformerLens")
@@ -77,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", default="runs/steerer", help="Steerer folder to write")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing Steerer folder")
     fit.set_defaults(handler=cmd_fit)
+
+    demo = commands.add_parser(
+        "demo", help="fit, generate and score end to end on the embedded model (offline)"
+    )
+    demo.add_argument("--model", default="smollm2-135m-instruct")
+    demo.add_argument("--alpha", type=float, default=15.0)
+    demo.add_argument("--threshold", type=float, default=0.45)
+    demo.add_argument("--back-steps", type=int, default=10)
+    demo.add_argument("--n-show", type=int, default=4, help="held-out questions to answer side by side")
+    demo.add_argument("--out", default="runs/demo")
+    demo.set_defaults(handler=cmd_demo)
 
     return parser
 

@@ -21,6 +21,7 @@ How the cache is kept exact (DESIGN.md section 4):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -244,7 +245,7 @@ class _Decoder:
         state = HookState(capture=cfg.method in (*MONITORING_METHODS, "question"))
         batch = _Batch(self.model, rows, state)
         finished: list[_Row] = []
-        hooks = self.steerer.attach(self.model, state) if self.steerer is not None else _no_hooks(state)
+        hooks = self.steerer.attach(self.model, state) if self.steerer is not None else nullcontext(state)
         with torch.no_grad(), hooks:
             logits = batch.prefill(self.pad)
             p_true = self._p_true(batch)
@@ -331,19 +332,6 @@ class _Decoder:
         row.scale = self.config.alpha * strength
         row.feed = [(row.token_at(last), row.scale)]
         row.last_fed_steered = True
-
-
-class _no_hooks:
-    """Stand-in for :meth:`Steerer.attach` when nothing is hooked."""
-
-    def __init__(self, state: HookState):
-        self.state = state
-
-    def __enter__(self) -> HookState:
-        return self.state
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def generate(

@@ -5,6 +5,7 @@ from fasb_tl.data.paths import data_root
 from fasb_tl.data.prompts import (
     QA_PRIMER,
     TRUTHFULQA_INSTRUCTION,
+    extract_answer,
     generation_prefix,
     generation_prompt,
     probe_bank,
@@ -47,6 +48,7 @@ __all__ = [
     "Split",
     "data_root",
     "dataset_splits",
+    "extract_answer",
     "generation_prefix",
     "generation_prompt",
     "load_builtin",

@@ -85,3 +85,11 @@ def tuning_bank(records: list[QARecord], seed: int = 0) -> list[str]:
             other += other >= index
             prompts.append(tuning_prompt(record.question, answer, records[other].question))
     return prompts
+
+
+def extract_answer(generated: str) -> str:
+    """The answer in a generated continuation, as the reference extracts it: cut at the next ``Q:``, then
+    keep what follows the first ``A:`` (the whole text when there is none)."""
+    text = generated.strip().split("Q:")[0].strip()
+    parts = text.split("A:")
+    return parts[1].strip() if len(parts) > 1 else text
