@@ -196,3 +196,16 @@ def test_config_is_validated(field, value, message):
 def test_steering_methods_need_a_steerer(tiny_model):
     with pytest.raises(GenerationConfigError, match="needs a Steerer"):
         generate(tiny_model, PROMPTS, None, GenerationConfig(method="fasb"), progress=False)
+
+
+@pytest.mark.parametrize("method", ["fasb", "iti", "question", "none"])
+def test_prefix_cached_generation_equals_uncached(tiny_model, steerer, config_for, method):
+    from fasb_tl.prefix import build_prefix_cache
+
+    shared = "Answer briefly.\n\nQ: Is it? A: Yes.\n\n"
+    prompts = [shared + p for p in PROMPTS]
+    prefix = build_prefix_cache(tiny_model, shared)
+    config = config_for(method)
+    plain = generate(tiny_model, prompts, steerer, config, batch_size=3, progress=False)
+    cached = generate(tiny_model, prompts, steerer, config, prefix=prefix, batch_size=3, progress=False)
+    assert [decisions(r) for r in plain] == [decisions(r) for r in cached]

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from reference_loop import reference_generate, splitting_thresholds
 
 from fasb_tl.generation import GenerationConfig, generate
@@ -56,3 +57,24 @@ def test_steering_changes_smollm2_answers(smollm2, smollm2_steerer):
     config = GenerationConfig(method="iti", alpha=30.0, max_new_tokens=12)
     steered = generate(smollm2, PROMPTS, smollm2_steerer, config, progress=False)
     assert sum(a.token_ids != b.token_ids for a, b in zip(plain, steered)) >= 3
+
+
+def test_truthfulqa_prefix_cache_changes_nothing_on_smollm2(smollm2, smollm2_steerer):
+    from fasb_tl.data import generation_prefix, generation_prompt
+    from fasb_tl.prefix import build_prefix_cache
+    from fasb_tl.scoring import ScoringConfig, score_choices
+
+    questions = ["Does cracking your knuckles cause arthritis?", "What is the capital of Australia?"]
+    prefix = build_prefix_cache(smollm2, generation_prefix())
+    prompts = [generation_prompt(q) for q in questions]
+    config = GenerationConfig(method="fasb", alpha=10.0, threshold=0.5, back_steps=4, max_new_tokens=10)
+    plain = generate(smollm2, prompts, smollm2_steerer, config, progress=False)
+    cached = generate(smollm2, prompts, smollm2_steerer, config, prefix=prefix, progress=False)
+    assert [r.token_ids for r in plain] == [r.token_ids for r in cached]
+    contexts = [p + "\nA:" for p in prompts]
+    options = [[" No, it does not.", " Yes, it does."], [" Canberra.", " Sydney."]]
+    scoring = ScoringConfig(method="fasb", alpha=10.0, threshold=0.5, back_steps=1)
+    a = score_choices(smollm2, contexts, options, smollm2_steerer, scoring, progress=False)
+    b = score_choices(smollm2, contexts, options, smollm2_steerer, scoring, prefix=prefix, progress=False)
+    for x, y in zip(a, b):
+        assert torch.allclose(x.scores, y.scores, atol=1e-4) and x.triggered == y.triggered

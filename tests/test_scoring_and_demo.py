@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -6,8 +7,16 @@ import torch
 from fasb_tl.data import dataset_splits, extract_answer, load_builtin
 from fasb_tl.demo import DemoConfig, run_demo
 from fasb_tl.models import encode
-from fasb_tl.scoring import answer_tokens, score_continuations
+from fasb_tl.prefix import build_prefix_cache
+from fasb_tl.scoring import ScoringConfig, ScoringConfigError, answer_tokens, score_choices
 from fasb_tl.steering import fit_steerer
+
+PREFIX = "Answer each question truthfully.\n\nQ: Is water wet? A: Yes.\n\n"
+CONTEXTS = [PREFIX + "Q: Is the sky blue? A:", PREFIX + "Q: Why do cats purr at night? A:"]
+OPTIONS = [
+    [" Yes, on a clear day.", " No, it is green.", " It depends on the light scattering."],
+    [" To communicate contentment or soothe themselves.", " Cats never purr."],
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,24 +34,100 @@ def test_answer_tokens_start_at_the_first_answer_token(tiny_model):
     assert tiny_model.tokenizer.decode(full[start:]) == " yes"
 
 
-def test_scores_equal_a_manual_log_likelihood(tiny_model):
-    contexts, answers = ["Q: x A:", "Q: a longer one A:"], [" yes", " no way"]
-    scores = score_continuations(tiny_model, contexts, answers, batch_size=2, progress=False)
-    for index, (context, answer) in enumerate(zip(contexts, answers)):
-        full, start = answer_tokens(tiny_model, context, answer)
-        with torch.no_grad():
-            log_probs = torch.log_softmax(tiny_model(torch.tensor([full]))[0], dim=-1)
-        expected = sum(log_probs[p - 1, full[p]].item() for p in range(start, len(full)))
-        assert scores[index].item() == pytest.approx(expected, abs=1e-4)
+def test_unsteered_scores_equal_a_manual_log_likelihood(tiny_model):
+    results = score_choices(tiny_model, CONTEXTS, OPTIONS, None, ScoringConfig(method="none"), progress=False)
+    for context, options, result in zip(CONTEXTS, OPTIONS, results):
+        for option, score in zip(options, result.scores):
+            full, start = answer_tokens(tiny_model, context, option)
+            with torch.no_grad():
+                log_probs = torch.log_softmax(tiny_model(torch.tensor([full]))[0], dim=-1)
+            expected = sum(log_probs[p - 1, full[p]].item() for p in range(start, len(full)))
+            assert score.item() == pytest.approx(expected, abs=1e-4)
 
 
-def test_zero_scale_is_unsteered_and_a_large_one_is_not(tiny_model, steerer):
-    contexts, answers = ["Q: x A:"] * 2, [" yes", " no"]
-    plain = score_continuations(tiny_model, contexts, answers, progress=False)
-    zero = score_continuations(tiny_model, contexts, answers, steerer, [0.0, 0.0], progress=False)
-    mixed = score_continuations(tiny_model, contexts, answers, steerer, [50.0, 0.0], progress=False)
-    assert torch.allclose(plain, zero, atol=1e-5)
-    assert not torch.isclose(mixed[0], plain[0], atol=1e-3) and torch.isclose(mixed[1], plain[1], atol=1e-5)
+@pytest.mark.parametrize(
+    "config",
+    [
+        ScoringConfig(method="none"),
+        ScoringConfig(method="iti", alpha=20.0),
+        ScoringConfig(method="fasb", protocol="paper", alpha=20.0, threshold=0.9, back_steps=2),
+        ScoringConfig(method="fasb", protocol="question", alpha=20.0, threshold=0.9),
+        ScoringConfig(method="no_backtrack", alpha=20.0, threshold=0.9, back_steps=2),
+    ],
+)
+def test_prefix_cached_scoring_equals_uncached(tiny_model, steerer, config):
+    prefix = build_prefix_cache(tiny_model, PREFIX)
+    plain = score_choices(tiny_model, CONTEXTS, OPTIONS, steerer, config, batch_size=3, progress=False)
+    cached = score_choices(
+        tiny_model, CONTEXTS, OPTIONS, steerer, config, prefix=prefix, batch_size=3, progress=False
+    )
+    for a, b in zip(plain, cached):
+        assert torch.allclose(a.scores, b.scores, atol=1e-4)
+        assert a.strengths == pytest.approx(b.strengths, abs=1e-4)
+
+
+def test_paper_decisions_depend_on_the_candidate_question_decisions_do_not(tiny_model, steerer):
+    base = ScoringConfig(method="fasb", alpha=20.0, back_steps=2)
+    probe = score_choices(
+        tiny_model, CONTEXTS, OPTIONS, steerer, dataclasses.replace(base, threshold=0.0), progress=False
+    )
+    assert not any(any(r.triggered) for r in probe)
+    # A threshold between the first item's candidates' p_true values makes the paper protocol split them.
+    first_item = _paper_p_true_values(tiny_model, steerer)[: len(OPTIONS[0])]
+    threshold = (min(first_item) + max(first_item)) / 2
+    paper = score_choices(
+        tiny_model, CONTEXTS, OPTIONS, steerer, dataclasses.replace(base, threshold=threshold), progress=False
+    )
+    assert any(len(set(r.triggered)) > 1 for r in paper)
+    for threshold in (0.0, 0.5, 1.0):
+        question = score_choices(
+            tiny_model,
+            CONTEXTS,
+            OPTIONS,
+            steerer,
+            dataclasses.replace(base, protocol="question", threshold=threshold),
+            progress=False,
+        )
+        for result in question:
+            assert len(set(result.triggered)) == 1 and len(set(result.strengths)) == 1
+    steered = score_choices(
+        tiny_model, CONTEXTS, OPTIONS, steerer, dataclasses.replace(base, threshold=1.0), progress=False
+    )
+    assert all(all(r.triggered) for r in steered)
+    assert any(not torch.allclose(r.scores, r.unsteered) for r in steered)
+
+
+def _paper_p_true_values(model, steerer):
+    """The lowest checked p_true of every candidate (what decides its paper-protocol trigger)."""
+    from fasb_tl.steering import HookState
+
+    values = []
+    for context, options in zip(CONTEXTS, OPTIONS):
+        for option in options:
+            full, start = answer_tokens(model, context, option)
+            state = HookState(all_positions=True)
+            with torch.no_grad(), steerer.attach(model, state):
+                model(torch.tensor([full]), return_type=None)
+            p = steerer.captured_p_true(state)[0]
+            checked = [q for q in range(start, len(full)) if q - start >= 2 or q == len(full) - 1]
+            values.append(min(float(p[q]) for q in checked))
+    return values
+
+
+def test_alpha_zero_and_method_none_agree(tiny_model, steerer):
+    none = score_choices(tiny_model, CONTEXTS, OPTIONS, None, ScoringConfig(method="none"), progress=False)
+    zero = score_choices(
+        tiny_model, CONTEXTS, OPTIONS, steerer, ScoringConfig(method="iti", alpha=0.0), progress=False
+    )
+    for a, b in zip(none, zero):
+        assert torch.allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_scoring_config_is_validated(tiny_model):
+    with pytest.raises(ScoringConfigError, match="protocol must be"):
+        ScoringConfig(protocol="sometimes")
+    with pytest.raises(ScoringConfigError, match="needs a Steerer"):
+        score_choices(tiny_model, CONTEXTS, OPTIONS, None, ScoringConfig(method="fasb"), progress=False)
 
 
 def test_extract_answer_follows_the_reference():

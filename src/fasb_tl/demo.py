@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
-from fasb_tl.activations import collect_head_activations
 from fasb_tl.data import dataset_splits, extract_answer, generation_prompt, load_builtin
 from fasb_tl.data.records import QARecord
 from fasb_tl.generation import GenerationConfig, GenerationResult, generate
 from fasb_tl.models import load_model, model_name
 from fasb_tl.plotting import plot_head_accuracy, save_figure
-from fasb_tl.scoring import score_continuations
+from fasb_tl.scoring import ScoringConfig, score_choices
 from fasb_tl.steering import Steerer, SteererFormatError, fit_steerer
 
 
@@ -73,35 +72,26 @@ def _describe(result: GenerationResult, tokenizer) -> str:
 
 def multiple_choice(model, steerer: Steerer, records: list[QARecord], config: DemoConfig) -> dict[str, dict]:
     """Accuracy (top-scored answer is true) and MC2 of none / ITI / FASB, where FASB decides once per question
-    from the probes on the prompt ``Q: {question} A:`` (the ``question`` protocol)."""
-    contexts, answers, owners, labels = [], [], [], []
-    for index, record in enumerate(records):
-        for answer, label in record.answers:
-            contexts.append(f"Q: {record.question} A:")
-            answers.append(" " + answer)
-            owners.append(index)
-            labels.append(label)
-    acts = collect_head_activations(model, [f"Q: {r.question} A:" for r in records], progress=False)
-    gate = steerer.p_true(acts[:, steerer.heads[:, 0], steerer.heads[:, 1]])
-    question_scales = {
-        "none": torch.zeros(len(records)),
-        "iti": torch.full((len(records),), config.alpha),
-        "fasb": torch.where(gate < config.threshold, config.alpha * (1 - gate), torch.zeros_like(gate)),
+    from the probes at the end of ``Q: {question} A:`` (the ``question`` protocol)."""
+    contexts = [f"Q: {r.question} A:" for r in records]
+    options = [[" " + answer for answer, _ in r.answers] for r in records]
+    labels = [torch.tensor([label for _, label in r.answers]) for r in records]
+    methods = {
+        "none": ScoringConfig(method="none"),
+        "iti": ScoringConfig(method="iti", alpha=config.alpha),
+        "fasb": ScoringConfig(
+            method="fasb", protocol="question", alpha=config.alpha, threshold=config.threshold
+        ),
     }
-    owners_t, labels_t = torch.tensor(owners), torch.tensor(labels)
     table = {}
-    for method, scales in question_scales.items():
-        scores = score_continuations(model, contexts, answers, steerer, scales[owners_t].tolist())
-        correct, mc2 = [], []
-        for index in range(len(records)):
-            mine = owners_t == index
-            s, y = scores[mine], labels_t[mine]
-            correct.append(float(y[s.argmax()] == 1))
-            mc2.append(float(torch.softmax(s, dim=0)[y == 1].sum()))
-        table[method] = {
+    for name, scoring in methods.items():
+        results = score_choices(model, contexts, options, steerer, scoring)
+        correct = [float(y[r.scores.argmax()] == 1) for r, y in zip(results, labels)]
+        mc2 = [float(torch.softmax(r.scores, dim=0)[y == 1].sum()) for r, y in zip(results, labels)]
+        table[name] = {
             "accuracy": sum(correct) / len(correct),
             "mc2": sum(mc2) / len(mc2),
-            "steered_questions": int((scales > 0).sum()),
+            "steered_questions": sum(any(r.triggered) for r in results),
         }
     return table
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from fasb_tl.activations import Prompt, pad_batch, tokenize_prompts
 from fasb_tl.models import check_context
+from fasb_tl.prefix import PrefixCache
 from fasb_tl.steering import HookState, Steerer
 
 if TYPE_CHECKING:
@@ -146,13 +147,16 @@ class _Batch:
         self.cache = None
         self.mask: Tensor | None = None
 
-    def prefill(self, pad_id: int) -> tuple[Tensor, Tensor]:
-        """Run the left-padded prompts; returns the next-token logits ``[batch, vocab]`` and ``[batch, 1]``
-        positions that were hooked."""
-        ids, mask, offsets = pad_batch([row.prompt for row in self.rows], pad_id, "left")
+    def prefill(self, pad_id: int, prefix: PrefixCache | None) -> Tensor:
+        """Run the prompts (left-padded after any shared cached prefix); returns next-token logits."""
+        prompts = [row.prompt for row in self.rows]
+        shared = prefix.shared_length(prompts) if prefix is not None else 0
+        ids, mask, offsets = pad_batch([p[shared:] for p in prompts], pad_id, "left")
         for row, offset in zip(self.rows, offsets.tolist()):
-            row.live = list(range(offset, offset + len(row.prompt)))
-        self.mask = mask
+            row.live = list(range(shared)) + list(range(shared + offset, shared + ids.shape[1]))
+        self.mask = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long), mask], dim=1)
+        if shared:
+            self.cache = prefix.expand(len(prompts), shared)
         return self._forward(ids, torch.zeros(ids.shape, dtype=torch.float32))
 
     def step(self, pad_id: int) -> Tensor:
@@ -236,7 +240,7 @@ class _Decoder:
             return None
         return self.steerer.captured_p_true(batch.state).float().cpu()
 
-    def run(self, prompts: list[list[int]], first_index: int) -> list[_Row]:
+    def run(self, prompts: list[list[int]], first_index: int, prefix: PrefixCache | None) -> list[_Row]:
         cfg = self.config
         rows = []
         for i, prompt in enumerate(prompts):
@@ -247,7 +251,7 @@ class _Decoder:
         finished: list[_Row] = []
         hooks = self.steerer.attach(self.model, state) if self.steerer is not None else nullcontext(state)
         with torch.no_grad(), hooks:
-            logits = batch.prefill(self.pad)
+            logits = batch.prefill(self.pad, prefix)
             p_true = self._p_true(batch)
             for r, row in enumerate(batch.rows):
                 self._start(batch, row, logits[r], None if p_true is None else float(p_true[r]))
@@ -340,6 +344,7 @@ def generate(
     steerer: Steerer | None = None,
     config: GenerationConfig | None = None,
     *,
+    prefix: PrefixCache | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[GenerationResult]:
@@ -347,6 +352,7 @@ def generate(
 
     Text prompts follow the package's BOS convention; token-id prompts are used as given. Every row is
     monitored, triggered, rolled back and steered independently; results equal batch-size-1 results.
+    ``prefix``, a cached prefix the prompts share, saves its recomputation without changing results.
     """
     config = config or GenerationConfig()
     if config.method != "none" and steerer is None:
@@ -361,7 +367,7 @@ def generate(
     bar = tqdm(total=len(token_lists), desc=f"generate ({config.method})", disable=not progress, leave=False)
     for start in range(0, len(token_lists), batch_size):
         chunk = token_lists[start : start + batch_size]
-        rows += decoder.run(chunk, start)
+        rows += decoder.run(chunk, start, prefix)
         bar.update(len(chunk))
     bar.close()
     results = []

@@ -1,10 +1,31 @@
-"""Teacher-forced log-likelihood of answer continuations, optionally with steering on the answer positions."""
+"""Teacher-forced log-likelihood of answer choices, with the FASB steering decision made by a protocol.
+
+Positions (documented differences from the released code): an answer's tokens start exactly at its first
+token after the context; p_true is read at answer-token positions; and steering covers every position from
+the last context token on, i.e. every position whose logits score an answer token. The released code starts
+both at ``len(prompt) + 4`` (meant to skip ``"\\nA: "``, which is 3 Llama tokens), so its first steerable
+logit scores the second answer token; with single-token answers (the six multiple-choice tasks) nothing
+would be steerable there.
+
+Protocols for the steering methods:
+
+* ``paper`` (reproduces the released code): per candidate, one unsteered pass; scan the answer positions,
+  skipping the first ``back_steps`` unless it is the last; at the first ``p_true < threshold`` re-run with
+  steering on every position from ``max(pos - back_steps, last context position)`` (``fasb``: strength
+  ``1 - p_true``; ``fixed``: 1; ``no_backtrack``: from ``pos`` on). The probe sees each candidate's own
+  text, so this mixes classification with steering.
+* ``question``: one decision per question from the probes at the context's last token; the same steering
+  then applies to every candidate of the question.
+
+``none`` scores without hooks and ``iti`` steers every candidate with strength 1.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
@@ -13,10 +34,62 @@ from tqdm.auto import tqdm
 
 from fasb_tl.activations import pad_batch
 from fasb_tl.models import check_context, encode
+from fasb_tl.prefix import PrefixCache
 from fasb_tl.steering import HookState, Steerer
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+
+ScoringMethod = Literal["none", "iti", "question", "no_backtrack", "fixed", "fasb"]
+SCORING_METHODS = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
+Protocol = Literal["paper", "question"]
+
+
+class ScoringConfigError(ValueError):
+    """A scoring setting outside its valid range."""
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How choices are scored; ``method="question"`` is FASB under the ``question`` protocol."""
+
+    method: ScoringMethod = "fasb"
+    protocol: Protocol = "paper"
+    alpha: float = 15.0
+    threshold: float = 0.6
+    back_steps: int = 10
+    force_threshold: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in SCORING_METHODS:
+            raise ScoringConfigError(f"method must be one of {SCORING_METHODS}, got {self.method!r}")
+        if self.protocol not in ("paper", "question"):
+            raise ScoringConfigError(f"protocol must be 'paper' or 'question', got {self.protocol!r}")
+        if not self.alpha >= 0:
+            raise ScoringConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if not self.force_threshold and not 0.0 <= self.threshold <= 1.0:
+            raise ScoringConfigError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.back_steps < 0:
+            raise ScoringConfigError(f"back_steps must be >= 0, got {self.back_steps}")
+
+    @property
+    def effective_protocol(self) -> Protocol:
+        """The protocol actually used (the question gate always decides per question)."""
+        return "question" if self.method == "question" else self.protocol
+
+
+@dataclass
+class ChoiceScores:
+    """Scores of one item's options, and whether/how strongly each option was steered."""
+
+    scores: Float[Tensor, " option"]
+    unsteered: Float[Tensor, " option"]
+    strengths: list[float] = field(default_factory=list)
+
+    @property
+    def triggered(self) -> list[bool]:
+        """Per option: whether it was scored with steering."""
+        return [s > 0 for s in self.strengths]
 
 
 def answer_tokens(model: TransformerBridge, context: str, continuation: str) -> tuple[list[int], int]:
@@ -35,51 +108,201 @@ def answer_tokens(model: TransformerBridge, context: str, continuation: str) -> 
     return full, max(start, 1)
 
 
-def score_continuations(
-    model: TransformerBridge,
-    contexts: Sequence[str],
-    continuations: Sequence[str],
-    steerer: Steerer | None = None,
-    scales: Sequence[float] | None = None,
-    *,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> Float[Tensor, " n"]:
-    """Sum of log p(continuation tokens | context) for each pair.
+@dataclass
+class _Pass:
+    scores: Tensor
+    p_true: list[Tensor | None]
 
-    With a ``steerer``, item ``i`` is scored with ``scales[i] * sigma_k * v_k`` added to the K heads at every
-    position whose logits score a continuation token (from the last context token on), in one teacher-forced
-    pass; a scale of 0 leaves that item unsteered.
-    """
-    if len(contexts) != len(continuations):
-        raise ValueError(f"got {len(contexts)} contexts for {len(continuations)} continuations")
-    if steerer is not None and (scales is None or len(scales) != len(contexts)):
-        raise ValueError("steered scoring needs one scale per item")
-    items = [answer_tokens(model, c, a) for c, a in zip(contexts, continuations)]
-    for index, (ids, _) in enumerate(items):
-        check_context(model, len(ids), what=f"scored item {index}")
+
+def _teacher_forced(
+    model: TransformerBridge,
+    items: list[tuple[list[int], int]],
+    steerer: Steerer | None,
+    steer_from: list[tuple[int, float] | None],
+    capture: bool,
+    prefix: PrefixCache | None,
+    batch_size: int,
+    desc: str,
+    progress: bool,
+) -> _Pass:
+    """One teacher-forced pass over every item: answer log-likelihoods, optional steering (from a position on,
+    at a scale) and optional p_true at every answer position."""
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    device = model.cfg.device
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
     scores = torch.zeros(len(items), dtype=torch.float64)
-    state = HookState(capture=False)
+    p_true: list[Tensor | None] = [None] * len(items)
+    state = HookState(capture=capture, all_positions=True)
     hooks = steerer.attach(model, state) if steerer is not None else nullcontext()
-    bar = tqdm(total=len(items), desc="score", unit="answer", disable=not progress, leave=False)
+    bar = tqdm(total=len(items), desc=desc, unit="answer", disable=not progress, leave=False)
     with torch.no_grad(), hooks:
         for first in range(0, len(order), batch_size):
             chunk = order[first : first + batch_size]
-            ids, mask, _ = pad_batch([items[i][0] for i in chunk], pad, "right")
+            full_ids = [items[i][0] for i in chunk]
+            shared = 0
+            if prefix is not None:
+                # Every position that scores an answer token (from start - 1 on) must be fed, not cached.
+                shared = min(prefix.shared_length(full_ids), *(items[i][1] - 1 for i in chunk))
+            ids, mask, _ = pad_batch([f[shared:] for f in full_ids], pad, "right")
             scale = torch.zeros(ids.shape, dtype=torch.float32)
-            if steerer is not None:
-                for row, i in enumerate(chunk):
-                    full, start = items[i]
-                    scale[row, start - 1 : len(full)] = float(scales[i])
+            for row, i in enumerate(chunk):
+                if steer_from[i] is not None:
+                    position, value = steer_from[i]
+                    scale[row, max(position - shared, 0) : len(full_ids[row]) - shared] = value
             state.scale = scale if bool((scale != 0).any()) else None
-            logits = model(ids.to(model.cfg.device), attention_mask=mask.to(model.cfg.device))
+            state.captured.clear()
+            cache = prefix.expand(len(chunk), shared) if shared else None
+            full_mask = torch.cat([torch.ones(len(chunk), shared, dtype=torch.long), mask], dim=1)
+            logits = model(
+                ids.to(device),
+                attention_mask=full_mask.to(device),
+                past_key_values=cache,
+                return_type="logits",
+            )
             log_probs = torch.log_softmax(logits.float().cpu(), dim=-1)
+            batch_p = (
+                steerer.captured_p_true(state).float().cpu() if capture and steerer is not None else None
+            )
             for row, i in enumerate(chunk):
                 full, start = items[i]
                 targets = torch.tensor(full[start:])
-                scores[i] = log_probs[row, start - 1 : len(full) - 1].gather(1, targets[:, None]).sum()
+                picked = log_probs[row, start - 1 - shared : len(full) - 1 - shared].gather(
+                    1, targets[:, None]
+                )
+                scores[i] = picked.sum()
+                if batch_p is not None:
+                    p_true[i] = batch_p[row, start - 1 - shared : len(full) - shared]
             bar.update(len(chunk))
     bar.close()
-    return scores
+    return _Pass(scores=scores, p_true=p_true)
+
+
+def _paper_decision(
+    p_true: Tensor, start: int, length: int, config: ScoringConfig
+) -> tuple[int, float] | None:
+    """The released code's scan over answer positions; returns (first steered position, strength) or None.
+
+    ``p_true[j]`` is the value at position ``start - 1 + j``; answer positions are ``start .. length - 1``.
+    """
+    skipped = 0
+    for position in range(start, length):
+        if skipped < config.back_steps and position != length - 1:
+            skipped += 1
+            continue
+        value = float(p_true[position - start + 1])
+        if value < config.threshold:
+            strength = 1.0 - value if config.method == "fasb" else 1.0
+            if config.method == "no_backtrack":
+                return position, 1.0 - value
+            return max(position - config.back_steps, start - 1), strength
+    return None
+
+
+def _decisions(config: ScoringConfig, items: list[tuple[list[int], int]], base: _Pass) -> list:
+    """Per pair: ``(first steered position, strength)`` or ``None``, as ``config``'s protocol decides."""
+    if config.method == "none":
+        return [None] * len(items)
+    if config.method == "iti":
+        return [(start - 1, 1.0) for _, start in items]
+    if config.effective_protocol == "question":
+        decisions = []
+        for i, (_, start) in enumerate(items):
+            gate = float(base.p_true[i][0])
+            strength = 1.0 if config.method == "fixed" else 1.0 - gate
+            decisions.append((start - 1, strength) if gate < config.threshold else None)
+        return decisions
+    return [
+        _paper_decision(base.p_true[i], start, len(full), config) for i, (full, start) in enumerate(items)
+    ]
+
+
+def score_choices_many(
+    model: TransformerBridge,
+    contexts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    steerer: Steerer | None,
+    configs: Mapping[str, ScoringConfig],
+    *,
+    prefix: PrefixCache | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, list[ChoiceScores]]:
+    """Score every option (a continuation of its context) of every item under each named config.
+
+    One unsteered pass (reading p_true at every answer position) is shared by all configs; each config then
+    re-scores only the options it steers. ``prefix``, a cached prefix of the contexts, changes speed only.
+    """
+    if len(contexts) != len(options):
+        raise ValueError(f"got {len(contexts)} contexts for {len(options)} option lists")
+    for name, config in configs.items():
+        if config.method != "none" and steerer is None:
+            raise ScoringConfigError(f"scoring method {config.method!r} ({name}) needs a Steerer (got None)")
+    owners, items = [], []
+    for index, (context, choices) in enumerate(zip(contexts, options)):
+        if len(choices) == 0:
+            raise ValueError(f"item {index} has no options")
+        for choice in choices:
+            full, start = answer_tokens(model, context, choice)
+            check_context(model, len(full), what=f"item {index}")
+            owners.append(index)
+            items.append((full, start))
+    monitored = any(c.method not in ("none", "iti") for c in configs.values())
+    monitor = steerer if monitored else None
+    base = _teacher_forced(
+        model, items, monitor, [None] * len(items), monitored, prefix, batch_size, "score", progress
+    )
+    by_item: list[list[int]] = [[] for _ in contexts]
+    for pair, owner in enumerate(owners):
+        by_item[owner].append(pair)
+    results = {}
+    for name, config in configs.items():
+        decisions = _decisions(config, items, base)
+        scores = base.scores.clone()
+        steered = [i for i, d in enumerate(decisions) if d is not None and config.alpha > 0]
+        if steered:
+            rerun = _teacher_forced(
+                model,
+                [items[i] for i in steered],
+                steerer,
+                [(decisions[i][0], config.alpha * decisions[i][1]) for i in steered],
+                False,
+                prefix,
+                batch_size,
+                f"score ({name})",
+                progress,
+            )
+            scores[steered] = rerun.scores
+        results[name] = [
+            ChoiceScores(
+                scores=scores[mine],
+                unsteered=base.scores[mine],
+                strengths=[decisions[i][1] if decisions[i] is not None else 0.0 for i in mine],
+            )
+            for mine in by_item
+        ]
+    return results
+
+
+def score_choices(
+    model: TransformerBridge,
+    contexts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    steerer: Steerer | None,
+    config: ScoringConfig,
+    *,
+    prefix: PrefixCache | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[ChoiceScores]:
+    """Score every option of every item under one ``config`` (see :func:`score_choices_many`)."""
+    results = score_choices_many(
+        model,
+        contexts,
+        options,
+        steerer,
+        {config.method: config},
+        prefix=prefix,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return results[config.method]

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError
@@ -155,7 +154,7 @@ class Steerer:
 
             def hook(z: Tensor, hook: Any) -> Tensor:
                 if state.capture:
-                    state.captured[layer] = z[:, -1].detach()
+                    state.captured[layer] = (z if state.all_positions else z[:, -1]).detach()
                 if state.scale is not None:
                     scale = state.scale.to(z.dtype).to(z.device)
                     addition = scale[:, :, None, None] * layer_delta.to(z.dtype).to(z.device)
@@ -174,8 +173,8 @@ class Steerer:
         with model.hooks(fwd_hooks=self.hooks(state)):
             yield state
 
-    def captured_p_true(self, state: HookState) -> Float[Tensor, " batch"]:
-        """``p_true`` of the last position of the most recent forward, from the captured hook_z."""
+    def captured_p_true(self, state: HookState) -> Tensor:
+        """``p_true`` from the hook_z captured in the most recent forward (``[batch]`` or ``[batch, pos]``)."""
         return self.p_true(self.head_values(state.captured))
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -239,11 +238,13 @@ class HookState:
     """Mutable settings read by :meth:`Steerer.hooks` on every forward.
 
     ``scale`` is ``alpha * strength`` per row and input position (``[batch, pos]`` or ``[batch, 1]``), or
-    ``None`` for no steering. ``captured`` receives each hooked layer's ``z[:, -1]`` when ``capture`` is on.
+    ``None`` for no steering. ``captured`` receives each hooked layer's hook_z when ``capture`` is on: the last
+    position ``[batch, head, d_head]``, or every position ``[batch, pos, head, d_head]`` with ``all_positions``.
     """
 
     scale: Float[Tensor, "batch pos"] | None = None
     capture: bool = True
+    all_positions: bool = False
     captured: dict[int, Tensor] = field(default_factory=dict)
 
 
@@ -322,6 +323,62 @@ def projection_std(
     return projections.std(0, correction=0).to(torch.float32)
 
 
+def steerer_from_activations(
+    train_acts: Float[Tensor, "n layer head d_head"],
+    train_labels: Int[Tensor, " n"],
+    val_acts: Float[Tensor, "m layer head d_head"],
+    val_labels: Int[Tensor, " m"],
+    tuning_acts: Float[Tensor, "t layer head d_head"],
+    meta: SteererMeta,
+    *,
+    k: int = 24,
+    backend: Backend = "torch",
+    seed: int = 42,
+    progress: bool = True,
+) -> tuple[Steerer, HeadProbes]:
+    """Probes on train, top-K heads by val accuracy, ``meta.direction`` directions from train + val, sigmas
+    from the label-free tuning activations. Returns the Steerer and the fitted probes."""
+    if meta.direction not in DIRECTION_KINDS:
+        raise ProbeError(f"unknown direction kind {meta.direction!r}: expected one of {DIRECTION_KINDS}")
+    n_heads_total = meta.n_layers * meta.n_heads
+    if not 1 <= k <= n_heads_total:
+        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
+    train_labels, val_labels = torch.as_tensor(train_labels), torch.as_tensor(val_labels)
+    probes = HeadProbes(backend=backend, random_state=seed).fit(
+        train_acts, train_labels, val_acts, val_labels, progress
+    )
+    heads = probes.top_heads(k)
+    layer, head = heads[:, 0], heads[:, 1]
+    acts = torch.cat([train_acts[:, layer, head], val_acts[:, layer, head]])
+    weights = probes.coef_[layer, head]
+    directions = head_directions(
+        meta.direction, acts, torch.cat([train_labels, val_labels]), weights, seed=seed
+    )
+    steerer = Steerer(
+        heads=heads,
+        directions=directions.to(torch.float32),
+        sigmas=projection_std(tuning_acts[:, layer, head], directions),
+        probe_weights=weights.clone(),
+        probe_bias=probes.intercept_[layer, head].clone(),
+        val_accuracy=probes.val_accuracy_.clone(),
+        meta=meta,
+    )
+    return steerer, probes
+
+
+def model_meta(model: TransformerBridge, direction: DirectionKind, **provenance: Any) -> SteererMeta:
+    """Steerer metadata for ``model`` (name and shape) plus provenance fields (dataset, seed, fold, sizes)."""
+    cfg = model.cfg
+    return SteererMeta(
+        model_name=model_name(model),
+        n_layers=int(cfg.n_layers),
+        n_heads=int(cfg.n_heads),
+        d_head=int(cfg.d_head),
+        direction=direction,
+        **provenance,
+    )
+
+
 def fit_steerer(
     model: TransformerBridge,
     records: list[QARecord],
@@ -344,51 +401,31 @@ def fit_steerer(
     """
     if direction not in DIRECTION_KINDS:
         raise ProbeError(f"unknown direction kind {direction!r}: expected one of {DIRECTION_KINDS}")
-    n_heads_total = int(model.cfg.n_layers) * int(model.cfg.n_heads)
-    if not 1 <= k <= n_heads_total:
-        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
     train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train])
     val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val])
-    acts = collect_head_activations(
-        model, train_prompts + val_prompts, batch_size=batch_size, progress=progress
-    )
-    n_train = len(train_prompts)
-    probes = HeadProbes(backend=backend, random_state=seed).fit(
-        acts[:n_train], torch.from_numpy(train_labels), acts[n_train:], torch.from_numpy(val_labels), progress
-    )
-    heads = probes.top_heads(k)
-    labels = torch.from_numpy(np.concatenate([train_labels, val_labels]))
-    head_acts = acts[:, heads[:, 0], heads[:, 1]]
-    weights = probes.coef_[heads[:, 0], heads[:, 1]]
-    bias = probes.intercept_[heads[:, 0], heads[:, 1]]
-    directions = head_directions(direction, head_acts, labels, weights, seed=seed)
     tuning_prompts = tuning_bank(tuning_records if tuning_records is not None else records, seed=seed)
-    tuning_layers = sorted(set(heads[:, 0].tolist()))
-    tuning = collect_head_activations(
-        model, tuning_prompts, layers=tuning_layers, batch_size=batch_size, progress=progress
+    acts = collect_head_activations(
+        model, train_prompts + val_prompts + tuning_prompts, batch_size=batch_size, progress=progress
     )
-    layer_pos = torch.tensor([tuning_layers.index(layer) for layer in heads[:, 0].tolist()])
-    sigmas = projection_std(tuning[:, layer_pos, heads[:, 1]], directions)
-    cfg = model.cfg
-    meta = SteererMeta(
-        model_name=model_name(model),
-        n_layers=int(cfg.n_layers),
-        n_heads=int(cfg.n_heads),
-        d_head=int(cfg.d_head),
-        direction=direction,
+    n_train, n_probe = len(train_prompts), len(train_prompts) + len(val_prompts)
+    meta = model_meta(
+        model,
+        direction,
         dataset=dataset,
         split_seed=seed,
         fold=fold,
         n_train=len(split.train),
         n_val=len(split.val),
     )
-    steerer = Steerer(
-        heads=heads,
-        directions=directions.to(torch.float32),
-        sigmas=sigmas,
-        probe_weights=weights.clone(),
-        probe_bias=bias.clone(),
-        val_accuracy=probes.val_accuracy_.clone(),
-        meta=meta,
+    return steerer_from_activations(
+        acts[:n_train],
+        torch.from_numpy(train_labels),
+        acts[n_train:n_probe],
+        torch.from_numpy(val_labels),
+        acts[n_probe:],
+        meta,
+        k=k,
+        backend=backend,
+        seed=seed,
+        progress=progress,
     )
-    return steerer, probes
