@@ -83,6 +83,115 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _plan(args: argparse.Namespace):
+    from fasb_tl.evaluation.multichoice import MultiChoiceConfig
+    from fasb_tl.evaluation.runner import ALL_TASKS, EvalPlan
+    from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
+
+    tasks = list(ALL_TASKS) if args.task == "all" else _split(args.task)
+    steering = {"k": args.k, "alpha": args.alpha, "threshold": args.threshold, "back_steps": args.back_steps}
+    return EvalPlan(
+        tasks=tasks,
+        methods=_split(args.methods),
+        protocols=_split(args.protocols),
+        truthfulqa=TruthfulQAConfig(
+            **steering,
+            n_mc=args.n_mc,
+            n_generation=args.n_gen,
+            max_new_tokens=args.max_new_tokens,
+            history=args.history,
+        ),
+        multichoice=MultiChoiceConfig(**steering, n_pool=args.n_pool, n_eval=args.n_items),
+        judges=_split(args.judges),
+        generation=not args.no_generation,
+        mc=not args.no_mc,
+    )
+
+
+def _print_tables(out: Path) -> None:
+    from fasb_tl.evaluation.results import ResultStore
+    from fasb_tl.evaluation.tables import multichoice_table, to_markdown, truthfulqa_table
+
+    rows = ResultStore(out).rows
+    print("\nTruthfulQA (fold-averaged, %):\n" + to_markdown(truthfulqa_table(rows)))
+    for protocol in ("paper", "question"):
+        print(
+            f"Multiple-choice accuracy (%), {protocol} protocol:\n"
+            + to_markdown(multichoice_table(rows, protocol))
+        )
+    print(f"Rows: {out / 'results.jsonl'} (also results.csv)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate methods on tasks into a resumable result folder."""
+    from fasb_tl.evaluation.runner import run_plan
+    from fasb_tl.models import load_model
+
+    plan = _plan(args)
+    run_plan(load_model(args.model), plan, args.out, args.data_dir)
+    _print_tables(Path(args.out))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run the evaluation over a grid of steering settings."""
+    from fasb_tl.evaluation.runner import run_plan, sweep_plans
+    from fasb_tl.models import load_model
+
+    grid = {}
+    for name, cast in (("alpha", float), ("threshold", float), ("back_steps", int), ("k", int)):
+        values = getattr(args, f"grid_{name}")
+        if values:
+            grid[name] = [cast(v) for v in _split(values)]
+    model = load_model(args.model)
+    plans = sweep_plans(_plan(args), grid)
+    for index, plan in enumerate(plans, start=1):
+        print(f"sweep point {index}/{len(plans)}")
+        run_plan(model, plan, args.out, args.data_dir)
+    print(
+        f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"
+    )
+    return 0
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument(
+        "--task",
+        default="truthfulqa",
+        help="truthfulqa, copa, storycloze, nli, mmlu, sst2, winogrande, xnli_en, a comma list, or all",
+    )
+    parser.add_argument("--methods", default="none,iti,question,no_backtrack,fixed,fasb")
+    parser.add_argument(
+        "--protocols", default="paper,question", help="MC protocols for the monitored methods"
+    )
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--k", type=int, default=24)
+    parser.add_argument("--alpha", type=float, default=15.0)
+    parser.add_argument("--threshold", type=float, default=0.6)
+    parser.add_argument("--back-steps", type=int, default=10)
+    parser.add_argument("--history", default="reference", choices=("reference", "persistent"))
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--n-mc", type=int, default=None, help="TruthfulQA MC questions (default: all 817)")
+    parser.add_argument(
+        "--n-gen", type=int, default=200, help="TruthfulQA generation questions (seeded subset)"
+    )
+    parser.add_argument("--n-items", type=int, default=200, help="evaluation items per multiple-choice task")
+    parser.add_argument("--n-pool", type=int, default=300, help="probe-pool items per multiple-choice task")
+    parser.add_argument(
+        "--judges",
+        default="bleu-proxy,rouge1-proxy,info-proxy",
+        help="bleu-proxy, rouge1-proxy, info-proxy, allenai-truth, allenai-info",
+    )
+    parser.add_argument("--no-generation", action="store_true", help="skip TruthfulQA generation")
+    parser.add_argument("--no-mc", action="store_true", help="skip TruthfulQA multiple choice")
+    parser.add_argument("--out", default="runs/eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fasb`` argument parser."""
     parser = argparse.ArgumentParser(prog="fasb", description="FASB activation steering on TransformerLens")
@@ -105,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-show", type=int, default=4, help="held-out questions to answer side by side")
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(handler=cmd_demo)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate methods on TruthfulQA and the six MC tasks (resumable)"
+    )
+    _add_eval_options(evaluate)
+    evaluate.set_defaults(handler=cmd_eval)
+
+    sweep = commands.add_parser("sweep", help="evaluate over a grid of alpha, threshold, back_steps and K")
+    _add_eval_options(sweep)
+    for name in ("alpha", "threshold", "back_steps", "k"):
+        sweep.add_argument(
+            f"--grid-{name.replace('_', '-')}",
+            dest=f"grid_{name}",
+            default="",
+            help=f"comma-separated values of {name}",
+        )
+    sweep.set_defaults(handler=cmd_sweep)
 
     return parser
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 ScoringMethod = Literal["none", "iti", "question", "no_backtrack", "fixed", "fasb"]
 SCORING_METHODS = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
 Protocol = Literal["paper", "question"]
+PROTOCOL_METHODS = ("no_backtrack", "fixed", "fasb")
 
 
 class ScoringConfigError(ValueError):
@@ -306,3 +307,17 @@ def score_choices(
         progress=progress,
     )
     return results[config.method]
+
+
+def named_configs(
+    methods: Sequence[str], protocols: Sequence[str], alpha: float, threshold: float, back_steps: int
+) -> dict[str, ScoringConfig]:
+    """One config per method, named ``method``, and per protocol for the monitored methods (``fasb/paper``)."""
+    named = {}
+    for method in methods:
+        for protocol in protocols if method in PROTOCOL_METHODS else ("paper",):
+            name = f"{method}/{protocol}" if method in PROTOCOL_METHODS else method
+            named[name] = ScoringConfig(
+                method=method, protocol=protocol, alpha=alpha, threshold=threshold, back_steps=back_steps
+            )
+    return named

@@ -64,7 +64,9 @@ class ResultStore:
             raise ValueError(f"row {row['key']} is stored already")
         self.rows.append(row)
         self._keys.add(row["key"])
-        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows))
+        atomic_write_text(
+            self.path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows)
+        )
         atomic_write_text(self.folder / "results.csv", self.frame().to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:

@@ -24,14 +24,21 @@ from tqdm.auto import tqdm
 
 from fasb_tl import __version__
 from fasb_tl.activations import collect_head_activations
-from fasb_tl.data import QARecord, extract_answer, generation_prefix, generation_prompt, probe_bank, question_splits
+from fasb_tl.data import (
+    QARecord,
+    extract_answer,
+    generation_prefix,
+    generation_prompt,
+    probe_bank,
+    question_splits,
+)
 from fasb_tl.data.prompts import tuning_bank
 from fasb_tl.evaluation.judges import Judge, accept
 from fasb_tl.evaluation.results import ResultStore, atomic_write_text, row_key
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import model_name
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
-from fasb_tl.scoring import ScoringConfig, score_choices_many
+from fasb_tl.scoring import ScoringConfig, named_configs, score_choices_many
 from fasb_tl.steering import Steerer, SteererFormatError, model_meta, steerer_from_activations
 
 if TYPE_CHECKING:
@@ -39,7 +46,6 @@ if TYPE_CHECKING:
 
 GENERATION_METHODS = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
 MC_METHODS = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
-PROTOCOL_METHODS = ("no_backtrack", "fixed", "fasb")
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,9 @@ class TruthfulQAConfig:
     generation_batch_size: int = 8
 
 
-def mc_metrics(scores_true: Sequence[float], scores_false: Sequence[float], best_index: int) -> dict[str, float]:
+def mc_metrics(
+    scores_true: Sequence[float], scores_false: Sequence[float], best_index: int
+) -> dict[str, float]:
     """TruthfulQA's ``MC_calcs``: MC1 (best answer beats every false one), MC2 (normalised probability mass
     of the true answers), MC3 (fraction of true answers beating every false one)."""
     true = np.asarray(scores_true, dtype=np.float64)
@@ -101,13 +109,20 @@ def _activations(model: TransformerBridge, records: list[QARecord], config: Trut
     """Probe-bank and tuning-bank hook_z for every question, once for all folds."""
     prompts, labels, owners = probe_bank(records)
     csv_records = [
-        replace(r, true_answers=tuple(r.extra["correct_answers"]), false_answers=tuple(r.extra["incorrect_answers"]))
+        replace(
+            r,
+            true_answers=tuple(r.extra["correct_answers"]),
+            false_answers=tuple(r.extra["incorrect_answers"]),
+        )
         for r in records
     ]
     tuning_prompts = tuning_bank(csv_records, seed=config.seed)
     acts = collect_head_activations(model, prompts + tuning_prompts, batch_size=config.batch_size)
     return _Activations(
-        probe=acts[: len(prompts)], labels=torch.from_numpy(labels), owners=owners, tuning=acts[len(prompts) :]
+        probe=acts[: len(prompts)],
+        labels=torch.from_numpy(labels),
+        owners=owners,
+        tuning=acts[len(prompts) :],
     )
 
 
@@ -188,23 +203,19 @@ class TruthfulQAEvaluation:
         return sorted(set(test.tolist()) & set(chosen.tolist()))
 
     def scoring_configs(self, methods: Sequence[str], protocols: Sequence[str]) -> dict[str, ScoringConfig]:
-        """Named scoring configs: one per method, and per protocol for the monitored methods."""
+        """Named scoring configs (monitored methods once per protocol)."""
         cfg = self.config
-        configs = {}
-        for method in methods:
-            for protocol in protocols if method in PROTOCOL_METHODS else ("paper",):
-                name = f"{method}/{protocol}" if method in PROTOCOL_METHODS else method
-                configs[name] = ScoringConfig(
-                    method=method, protocol=protocol, alpha=cfg.alpha, threshold=cfg.threshold, back_steps=cfg.back_steps
-                )
-        return configs
+        return named_configs(methods, protocols, cfg.alpha, cfg.threshold, cfg.back_steps)
 
-    def run_mc(self, methods: Sequence[str] = MC_METHODS, protocols: Sequence[str] = ("paper", "question")) -> None:
+    def run_mc(
+        self, methods: Sequence[str] = MC_METHODS, protocols: Sequence[str] = ("paper", "question")
+    ) -> None:
         """MC1/MC2/MC3 of each method (and protocol) on each test fold."""
         for fold, split in enumerate(self.splits):
             configs = self.scoring_configs(methods, protocols)
             keys = {
-                name: row_key(**self._identity(task="truthfulqa-mc", method=name, fold=fold)) for name in configs
+                name: row_key(**self._identity(task="truthfulqa-mc", method=name, fold=fold))
+                for name in configs
             }
             todo = {name: c for name, c in configs.items() if not self.store.has(keys[name])}
             if not todo:
@@ -216,7 +227,13 @@ class TruthfulQAEvaluation:
             options = [[" " + a for a in true + false] for true, false, _ in refs]
             steerer = self.steerer(fold) if any(c.method != "none" for c in todo.values()) else None
             scored = score_choices_many(
-                self.model, contexts, options, steerer, todo, prefix=self.prefix, batch_size=self.config.batch_size,
+                self.model,
+                contexts,
+                options,
+                steerer,
+                todo,
+                prefix=self.prefix,
+                batch_size=self.config.batch_size,
                 progress=self.progress,
             )
             for name, results in scored.items():
@@ -224,7 +241,9 @@ class TruthfulQAEvaluation:
                 delta_true, delta_false, steered = [], [], []
                 for (true, false, best), result in zip(refs, results):
                     n_true = len(true)
-                    metrics = mc_metrics(result.scores[:n_true].tolist(), result.scores[n_true:].tolist(), best)
+                    metrics = mc_metrics(
+                        result.scores[:n_true].tolist(), result.scores[n_true:].tolist(), best
+                    )
                     for metric, value in metrics.items():
                         per_question[metric].append(value)
                     change = (result.scores - result.unsteered).tolist()
@@ -282,6 +301,7 @@ class TruthfulQAEvaluation:
                     key=key,
                     n_questions=len(questions),
                     **{name: float(np.mean(accept(scores))) for name, scores in judged.items()},
+                    judges={j.name: {"kind": j.kind, "proxy": j.is_proxy} for j in self.judges},
                     trigger_rate=float(np.mean([r.triggered for r in results])),
                     mean_removed_tokens=float(np.mean([r.n_removed for r in results])),
                     question_ids=[r.id for r in questions],

@@ -1,0 +1,238 @@
+"""Reproduce the paper's tables on a model we can load (default: the embedded SmolLM2-135M-Instruct).
+
+    python analysis/reproduce_tables.py                      # full run, resumable (hours on 2 CPU cores)
+    python analysis/reproduce_tables.py --report-only        # rebuild the Markdown from the rows so far
+
+Runs, into ``results/<model>/`` (a resumable result folder): TruthfulQA multiple choice on all 817 questions
+with every method under both protocols; the six multiple-choice tasks at default sizes; TruthfulQA generation
+on a seeded subset of 200 questions. Then writes ``results/<model>.md`` with the paper's tables (Table 1, the
+six-task table, the ablation table), the exact command, the wall time and the git revision. Whatever the
+numbers are, they are reported as they came out; rows still missing are listed as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fasb_tl import __version__
+from fasb_tl.evaluation.multichoice import MultiChoiceConfig
+from fasb_tl.evaluation.multichoice_data import TASKS
+from fasb_tl.evaluation.results import ResultStore, atomic_write_text
+from fasb_tl.evaluation.runner import EvalPlan, run_plan
+from fasb_tl.evaluation.tables import METHOD_ORDER, multichoice_table, to_markdown, truthfulqa_table
+from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
+from fasb_tl.models import load_model
+
+METHODS = METHOD_ORDER
+
+
+def git_revision() -> str:
+    """The checkout's commit (with ``-dirty`` when there are uncommitted changes)."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def plans(args: argparse.Namespace) -> list[EvalPlan]:
+    steering = {"k": args.k, "alpha": args.alpha, "threshold": args.threshold, "back_steps": args.back_steps}
+    tqa = TruthfulQAConfig(**steering, n_mc=args.n_mc, n_generation=args.n_gen)
+    mc = MultiChoiceConfig(**steering, n_eval=args.n_items, n_pool=args.n_pool)
+    common = {"methods": METHODS, "truthfulqa": tqa, "multichoice": mc}
+    return [
+        EvalPlan(tasks=["truthfulqa"], generation=False, **common),
+        EvalPlan(tasks=list(TASKS), **common),
+        EvalPlan(tasks=["truthfulqa"], mc=False, **common),
+    ]
+
+
+def ablation_table(tqa: pd.DataFrame) -> pd.DataFrame:
+    """Table 3's layout: True*Info, MC1, MC2 for each variant (paper protocol for MC)."""
+    keep = [c for c in tqa.columns if c.startswith("True*Info") or c in ("MC1 (paper)", "MC2 (paper)")]
+    labels = {
+        "none": "No steering",
+        "iti": "All fixed (ITI)",
+        "question": "After question (gate once)",
+        "no_backtrack": "w/o backtracking",
+        "fixed": "w/o adaptive strength",
+        "fasb": "FASB (full)",
+    }
+    frame = tqa[keep].copy()
+    frame.index = [labels.get(i, i) for i in frame.index]
+    return frame
+
+
+def missing_rows(rows: list[dict]) -> list[str]:
+    present = {(r["task"], r["method"]) for r in rows}
+    expected = []
+    for task in ["truthfulqa-mc", *TASKS]:
+        for method in METHODS:
+            monitored = method in ("no_backtrack", "fixed", "fasb")
+            expected += (
+                [(task, f"{method}/{p}") for p in ("paper", "question")] if monitored else [(task, method)]
+            )
+    expected += [("truthfulqa-gen", m) for m in METHODS]
+    return [f"{task} {method}" for task, method in expected if (task, method) not in present]
+
+
+def settings_line(rows: list[dict]) -> str:
+    """The settings as stored in the rows (so a --report-only rebuild states what was actually run)."""
+    tqa = next((r["config"] for r in rows if r["task"].startswith("truthfulqa")), None)
+    mc = next((r["config"] for r in rows if r["task"] in TASKS), None)
+    parts = []
+    if tqa:
+        mc_size = "all 817" if tqa["n_mc"] is None else tqa["n_mc"]
+        parts.append(
+            f"TruthfulQA: K={tqa['k']}, alpha={tqa['alpha']}, threshold={tqa['threshold']} (on mean P(true)),"
+            f" back_steps={tqa['back_steps']}, {tqa['direction']} directions, {tqa['history']} history, greedy,"
+            f" {tqa['max_new_tokens']} new tokens, {tqa['n_folds']} folds / val {tqa['val_fraction']} /"
+            f" seed {tqa['seed']}; MC on {mc_size} questions; generation on a seeded subset of"
+            f" {tqa['n_generation']} questions"
+        )
+    if mc:
+        parts.append(
+            f"six tasks: K={mc['k']}, alpha={mc['alpha']}, threshold={mc['threshold']},"
+            f" {mc['n_eval']} evaluation items and {mc['n_pool']} pool items each (seed {mc['seed']})"
+        )
+    return "- Settings: " + "; ".join(parts) + "." if parts else "- Settings: no rows yet."
+
+
+def trigger_table(rows: list[dict]) -> pd.DataFrame:
+    """How often each method steered and what it did to answer likelihoods (TruthfulQA MC, fold-averaged)."""
+    out = {}
+    for row in rows:
+        if row["task"] != "truthfulqa-mc":
+            continue
+        entry = out.setdefault(
+            row["method"], {"steered options (%)": [], "Δ loglik true": [], "Δ loglik false": []}
+        )
+        entry["steered options (%)"].append(100 * row["steered_fraction"])
+        entry["Δ loglik true"].append(row["loglik_change_true"])
+        entry["Δ loglik false"].append(row["loglik_change_false"])
+    return pd.DataFrame({m: {k: float(np.mean(v)) for k, v in e.items()} for m, e in out.items()}).T
+
+
+def write_report(args: argparse.Namespace, store: ResultStore, wall: float) -> Path:
+    rows = store.rows
+    tqa = truthfulqa_table(rows)
+    gen_rows = [r for r in rows if r["task"] == "truthfulqa-gen"]
+    triggers = {r["method"]: [] for r in gen_rows}
+    for r in gen_rows:
+        triggers[r["method"]].append(100 * r["trigger_rate"])
+    compute = sum(r.get("seconds", 0.0) for r in rows)
+    missing = missing_rows(rows)
+    lines = [
+        f"# FASB reproduction on {args.model}",
+        "",
+        f"- Command: `{args.command}`",
+        f"- Library version {__version__}, git revision `{git_revision()}`",
+        (
+            f"- Compute recorded in the rows: {compute / 60:.1f} min (this invocation's wall time: {wall / 60:.1f} min),"
+            " on a 2-core CPU machine"
+        ),
+        settings_line(rows),
+        (
+            "- True and Info come from offline **proxies** (TruthfulQA's BLEU-acc and ROUGE-1-acc against the"
+            " reference answers, and a non-refusal check), not from the allenai judge models the paper uses;"
+            " they are not comparable with the paper's numbers."
+        ),
+        "",
+    ]
+    if missing:
+        lines += [
+            "**Incomplete run**: these rows are not computed yet (rerun the command to resume): "
+            + ", ".join(missing),
+            "",
+        ]
+    lines += ["## Table 1: TruthfulQA (%, fold-averaged)", "", to_markdown(tqa), ""]
+    lines += [
+        (
+            "MC uses TruthfulQA's reference answers (CSV) and `MC_calcs`; `paper` = the released code's"
+            " per-candidate protocol (the probe reads each candidate's own text), `question` = one decision"
+            " per question. none / iti / question have no protocol and repeat across both columns."
+        ),
+        "",
+    ]
+    for protocol in ("paper", "question"):
+        lines += [
+            f"## Six multiple-choice tasks (accuracy %, {protocol} protocol)",
+            "",
+            to_markdown(multichoice_table(rows, protocol)),
+            "",
+        ]
+    lines += ["## Ablations (Table 3 layout)", "", to_markdown(ablation_table(tqa)), ""]
+    if triggers:
+        lines += [
+            "## How often steering happened",
+            "",
+            "Generation, share of answers that triggered (%): "
+            + ", ".join(f"{m} {np.mean(v):.1f}" for m, v in triggers.items()),
+            "",
+        ]
+    frame = trigger_table(rows)
+    if not frame.empty:
+        lines += [
+            (
+                "TruthfulQA MC, share of candidate answers scored with steering and the mean change in"
+                " answer log-likelihood it caused:"
+            ),
+            "",
+            to_markdown(frame, digits=2),
+            "",
+        ]
+    target = Path(args.report)
+    atomic_write_text(target, "\n".join(lines))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--out", default=None, help="result folder (default results/<model>)")
+    parser.add_argument("--report", default=None, help="Markdown file (default results/<model>.md)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--k", type=int, default=24)
+    parser.add_argument("--alpha", type=float, default=15.0)
+    parser.add_argument("--threshold", type=float, default=0.6)
+    parser.add_argument("--back-steps", type=int, default=10)
+    parser.add_argument("--n-mc", type=int, default=None)
+    parser.add_argument("--n-gen", type=int, default=200)
+    parser.add_argument("--n-items", type=int, default=200)
+    parser.add_argument("--n-pool", type=int, default=300)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.out = args.out or f"results/{args.model}"
+    args.report = args.report or f"results/{args.model}.md"
+    args.command = "python analysis/reproduce_tables.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    start = time.perf_counter()
+    if not args.report_only:
+        model = load_model(args.model)
+        for plan in plans(args):
+            run_plan(model, plan, args.out, args.data_dir)
+            write_report(args, ResultStore(args.out), time.perf_counter() - start)
+    report = write_report(args, ResultStore(args.out), time.perf_counter() - start)
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""One entry point behind ``fasb eval`` and ``fasb sweep``: run tasks x methods into a result folder."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fasb_tl.data import load_truthfulqa
+from fasb_tl.evaluation.judges import DEFAULT_JUDGES, make_judges
+from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
+from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
+from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAEvaluation
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+ALL_TASKS = ("truthfulqa", *TASKS)
+SWEEPABLE = ("alpha", "threshold", "back_steps", "k")
+
+
+@dataclass
+class EvalPlan:
+    """What ``fasb eval`` runs: tasks, methods, protocols and the per-task configs."""
+
+    tasks: Sequence[str]
+    methods: Sequence[str]
+    protocols: Sequence[str] = ("paper", "question")
+    truthfulqa: TruthfulQAConfig = field(default_factory=TruthfulQAConfig)
+    multichoice: MultiChoiceConfig = field(default_factory=MultiChoiceConfig)
+    judges: Sequence[str] = DEFAULT_JUDGES
+    generation: bool = True
+    mc: bool = True
+
+    def __post_init__(self) -> None:
+        known = (*ALL_TASKS, *ALTERNATIVE_TASKS)
+        unknown = [t for t in self.tasks if t not in known]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}: expected some of {known} or 'all'")
+
+
+def run_plan(
+    model: TransformerBridge,
+    plan: EvalPlan,
+    out: str | Path,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Run every task of ``plan`` into ``out``; rows already there are skipped (resume)."""
+    for task in plan.tasks:
+        if task == "truthfulqa":
+            evaluation = TruthfulQAEvaluation(
+                model, load_truthfulqa(data_dir), plan.truthfulqa, out, make_judges(plan.judges), progress
+            )
+            if plan.mc:
+                evaluation.run_mc(plan.methods, plan.protocols)
+            if plan.generation:
+                evaluation.run_generation(plan.methods)
+        else:
+            MultiChoiceEvaluation(model, task, plan.multichoice, out, data_dir, progress).run(
+                plan.methods, plan.protocols
+            )
+
+
+def sweep_plans(plan: EvalPlan, grid: dict[str, Sequence[float]]) -> list[EvalPlan]:
+    """One plan per point of ``grid`` (over alpha, threshold, back_steps, k), applied to both task configs."""
+    unknown = [name for name in grid if name not in SWEEPABLE]
+    if unknown:
+        raise ValueError(f"cannot sweep {unknown}: sweepable settings are {SWEEPABLE}")
+    names = list(grid)
+    plans = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        changes = dict(zip(names, values))
+        plans.append(
+            replace(
+                plan,
+                truthfulqa=replace(plan.truthfulqa, **changes),
+                multichoice=replace(plan.multichoice, **changes),
+            )
+        )
+    return plans
