@@ -256,11 +256,17 @@ def score_choices_many(
     for pair, owner in enumerate(owners):
         by_item[owner].append(pair)
     results = {}
+    # Configs that steer the same pairs the same way (e.g. fasb and no_backtrack under the question
+    # protocol) share one re-run.
+    rescored: dict[tuple, Tensor] = {}
     for name, config in configs.items():
         decisions = _decisions(config, items, base)
         scores = base.scores.clone()
         steered = [i for i, d in enumerate(decisions) if d is not None and config.alpha > 0]
-        if steered:
+        signature = (config.alpha, tuple(decisions))
+        if steered and signature in rescored:
+            scores = rescored[signature]
+        elif steered:
             rerun = _teacher_forced(
                 model,
                 [items[i] for i in steered],
@@ -273,6 +279,7 @@ def score_choices_many(
                 progress,
             )
             scores[steered] = rerun.scores
+            rescored[signature] = scores
         results[name] = [
             ChoiceScores(
                 scores=scores[mine],

@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+
+from fasb_tl.cli import main
+from fasb_tl.data import load_truthfulqa
+from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
+from fasb_tl.evaluation.results import ResultStore, row_key
+from fasb_tl.evaluation.runner import EvalPlan, sweep_plans
+from fasb_tl.evaluation.tables import multichoice_table, truthfulqa_table
+from fasb_tl.evaluation.truthfulqa import (
+    TruthfulQAConfig,
+    TruthfulQAEvaluation,
+    mc_metrics,
+    reference_answers,
+)
+
+TINY_TQA = TruthfulQAConfig(k=4, alpha=5.0, back_steps=2, max_new_tokens=4, n_mc=8, n_generation=6)
+
+
+def test_mc_metrics_follow_the_truthfulqa_definitions():
+    # Two true answers (best first) and two false ones, as log-probabilities.
+    metrics = mc_metrics([-1.0, -5.0], [-2.0, -3.0], best_index=0)
+    assert metrics["mc1"] == 1.0  # the best answer beats every false one
+    assert metrics["mc3"] == 0.5  # one of the two true answers beats every false one
+    expected = (np.exp(-1) + np.exp(-5)) / (np.exp(-1) + np.exp(-5) + np.exp(-2) + np.exp(-3))
+    assert metrics["mc2"] == pytest.approx(expected)
+    assert mc_metrics([-1.0, -5.0], [-2.0, -3.0], best_index=1)["mc1"] == 0.0
+    assert mc_metrics([-900.0], [-901.0], best_index=0)["mc2"] == pytest.approx(1 / (1 + np.exp(-1)))
+    with pytest.raises(ValueError, match="at least one true and one false"):
+        mc_metrics([-1.0], [], 0)
+
+
+def test_reference_answers_include_the_best_answer(data_dir):
+    for record in load_truthfulqa(data_dir)[:50]:
+        true, false, best = reference_answers(record)
+        assert true[best] == record.extra["best_answer"] and false
+
+
+@pytest.fixture(scope="module")
+def truthfulqa(data_dir):
+    return load_truthfulqa(data_dir)[:40]
+
+
+def run_tqa(model, records, out, methods=("none", "fasb")):
+    evaluation = TruthfulQAEvaluation(model, records, TINY_TQA, out, progress=False)
+    evaluation.run_mc(methods)
+    evaluation.run_generation(methods)
+    return ResultStore(out).rows
+
+
+def test_truthfulqa_protocol_rows_and_resume(tiny_model, truthfulqa, tmp_path):
+    rows = run_tqa(tiny_model, truthfulqa, tmp_path)
+    mc = [r for r in rows if r["task"] == "truthfulqa-mc"]
+    gen = [r for r in rows if r["task"] == "truthfulqa-gen"]
+    assert sorted((r["method"], r["fold"]) for r in mc) == sorted(
+        (m, f) for m in ("none", "fasb/paper", "fasb/question") for f in (0, 1)
+    )
+    assert len(gen) == 4 and all(0 <= r["mc2"] <= 1 for r in mc)
+    assert all(r["n_questions"] > 0 and r["config"]["k"] == 4 and r["version"] for r in rows)
+    none = next(r for r in mc if r["method"] == "none")
+    assert none["steered_fraction"] == 0.0 and none["loglik_change_true"] == 0.0
+    assert (tmp_path / "answers" / "fasb-fold0.csv").is_file()
+    assert len(run_tqa(tiny_model, truthfulqa, tmp_path)) == len(rows)
+
+
+def test_an_interrupted_run_resumes_without_duplicates(tiny_model, truthfulqa, tmp_path, monkeypatch):
+    reference = run_tqa(tiny_model, truthfulqa, tmp_path / "straight")
+    original_add = ResultStore.add
+    calls = {"n": 0}
+
+    def add_then_die(self, row):
+        original_add(self, row)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultStore, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_tqa(tiny_model, truthfulqa, tmp_path / "resumed")
+    monkeypatch.undo()
+    assert len(ResultStore(tmp_path / "resumed").rows) == 2
+    resumed = run_tqa(tiny_model, truthfulqa, tmp_path / "resumed")
+    assert len({r["key"] for r in resumed}) == len(resumed) == len(reference)
+    by_key = {r["key"]: r for r in reference}
+    for row in resumed:
+        for metric in ("mc1", "mc2", "mc3", "bleu-proxy", "info-proxy"):
+            if metric in row:
+                assert row[metric] == pytest.approx(by_key[row["key"]][metric])
+
+
+def test_multichoice_task_rows(tiny_model, tmp_path, data_dir):
+    config = MultiChoiceConfig(n_pool=12, n_eval=8, k=4, alpha=5.0)
+    evaluation = MultiChoiceEvaluation(tiny_model, "sst2", config, tmp_path, str(data_dir), progress=False)
+    evaluation.run(("none", "iti", "fasb"))
+    rows = ResultStore(tmp_path).rows
+    assert {r["method"] for r in rows} == {"none", "iti", "fasb/paper", "fasb/question"}
+    none = next(r for r in rows if r["method"] == "none")
+    assert none["accuracy"] == none["unsteered_accuracy"] and none["n_items"] == 8
+    assert all(r["accuracy"] == np.mean(r["per_item"]["correct"]) for r in rows)
+
+
+def test_tables_average_folds_and_multiply_true_by_info():
+    judges = {"bleu-proxy": {"kind": "truth", "proxy": True}, "info-proxy": {"kind": "info", "proxy": True}}
+    rows = [
+        {"task": "truthfulqa-gen", "method": "fasb", "bleu-proxy": 0.5, "info-proxy": 0.8, "judges": judges},
+        {"task": "truthfulqa-gen", "method": "fasb", "bleu-proxy": 0.7, "info-proxy": 1.0, "judges": judges},
+        {"task": "truthfulqa-mc", "method": "fasb/paper", "mc1": 0.2, "mc2": 0.4},
+        {"task": "truthfulqa-mc", "method": "fasb/paper", "mc1": 0.4, "mc2": 0.6},
+        {"task": "copa", "method": "iti", "accuracy": 0.5},
+        {"task": "sst2", "method": "iti", "accuracy": 0.7},
+    ]
+    table = truthfulqa_table(rows)
+    assert table.loc["fasb", "True (bleu-proxy)"] == pytest.approx(60.0)
+    assert table.loc["fasb", "True*Info (bleu-proxy x info-proxy)"] == pytest.approx(60.0 * 0.9)
+    assert table.loc["fasb", "MC1 (paper)"] == pytest.approx(30.0)
+    six = multichoice_table(rows)
+    assert six.loc["iti", "Avg"] == pytest.approx(60.0)
+
+
+def test_result_store_refuses_duplicates_and_survives_reload(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add({"key": row_key(a=1), "value": 1})
+    with pytest.raises(ValueError, match="stored already"):
+        store.add({"key": row_key(a=1), "value": 2})
+    assert ResultStore(tmp_path).rows == [{"key": row_key(a=1), "value": 1}]
+    assert row_key(a=1, b=2) == row_key(b=2, a=1) != row_key(a=2, b=2)
+
+
+def test_sweep_grid_and_bad_names():
+    plan = EvalPlan(tasks=["copa"], methods=["fasb"])
+    plans = sweep_plans(plan, {"alpha": [1.0, 2.0], "k": [4, 8, 12]})
+    assert len(plans) == 6 and {(p.multichoice.alpha, p.multichoice.k) for p in plans} == {
+        (a, k) for a in (1.0, 2.0) for k in (4, 8, 12)
+    }
+    with pytest.raises(ValueError, match="cannot sweep"):
+        sweep_plans(plan, {"temperature": [1.0]})
+    with pytest.raises(ValueError, match="unknown task"):
+        EvalPlan(tasks=["gsm8k"], methods=["none"])
+
+
+def test_fasb_eval_cli_reruns_without_duplicating(tmp_path, data_dir, capsys):
+    args = [
+        "eval",
+        "--model",
+        "tiny-random-llama",
+        "--task",
+        "copa",
+        "--methods",
+        "none,iti",
+        "--n-items",
+        "6",
+        "--n-pool",
+        "10",
+        "--k",
+        "4",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    first = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert main(args) == 0
+    assert (tmp_path / "results.jsonl").read_text().splitlines() == first
+    assert {json.loads(line)["method"] for line in first} == {"none", "iti"}
+    assert "| copa |" in capsys.readouterr().out
