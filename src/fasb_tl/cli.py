@@ -192,6 +192,17 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/eval")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure decoding, monitoring, backtracking, probe fitting and extraction side by side."""
+    from fasb_tl.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        model=args.model, n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens, k=args.k
+    )
+    run_bench(config, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fasb`` argument parser."""
     parser = argparse.ArgumentParser(prog="fasb", description="FASB activation steering on TransformerLens")
@@ -231,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"comma-separated values of {name}",
         )
     sweep.set_defaults(handler=cmd_sweep)
+
+    bench = commands.add_parser(
+        "bench",
+        help="side-by-side cost of plain decoding vs FASB (analysis/benchmark.py "
+        "adds the released code's loop)",
+    )
+    bench.add_argument("--model", default="smollm2-135m-instruct")
+    bench.add_argument("--n-prompts", type=int, default=16)
+    bench.add_argument("--max-new-tokens", type=int, default=50)
+    bench.add_argument("--k", type=int, default=24)
+    bench.add_argument("--out", default="runs/bench")
+    bench.set_defaults(handler=cmd_bench)
 
     return parser
 

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 
 import matplotlib.pyplot as plt
+import numpy as np
+import torch
 from jaxtyping import Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from transformers import PreTrainedTokenizerBase
+
+    from fasb_tl.generation import GenerationResult
 
 
 def plot_head_accuracy(
@@ -36,6 +46,150 @@ def plot_head_accuracy(
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def plot_layer_accuracy(
+    accuracy: Float[Tensor, "layer head"], title: str = "Probe validation accuracy by layer"
+) -> Figure:
+    """Best and mean head accuracy of each layer, as two lines over depth."""
+    layers = np.arange(accuracy.shape[0])
+    fig, ax = plt.subplots(figsize=(6.0, 3.5))
+    ax.plot(layers, accuracy.max(dim=1).values.numpy(), marker="o", label="best head")
+    ax.plot(layers, accuracy.mean(dim=1).numpy(), marker="o", label="mean over heads")
+    ax.axhline(0.5, color="grey", linestyle=":", label="chance")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def top_head_set(accuracy: Float[Tensor, "layer head"], k: int) -> set[tuple[int, int]]:
+    """The ``k`` best heads as ``(layer, head)`` pairs, ties to the lower index (as ``HeadProbes.top_heads``)."""
+    heads = accuracy.shape[1]
+    flat = accuracy.flatten().tolist()
+    best = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k]
+    return {(i // heads, i % heads) for i in best}
+
+
+def plot_backend_agreement(
+    acc_a: Float[Tensor, "layer head"],
+    acc_b: Float[Tensor, "layer head"],
+    labels: tuple[str, str] = ("torch", "sklearn"),
+    k: int = 24,
+) -> Figure:
+    """Per-head validation accuracy of two probe fits against each other, with the diagonal."""
+    if acc_a.shape != acc_b.shape:
+        raise ValueError(f"accuracy grids differ in shape: {tuple(acc_a.shape)} vs {tuple(acc_b.shape)}")
+    mean_diff = float((acc_a - acc_b).abs().mean())
+    overlap = len(top_head_set(acc_a, k) & top_head_set(acc_b, k))
+    low = float(min(acc_a.min(), acc_b.min())) - 0.02
+    high = float(max(acc_a.max(), acc_b.max())) + 0.02
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1)
+    ax.scatter(acc_a.flatten().numpy(), acc_b.flatten().numpy(), s=12, alpha=0.5)
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_xlabel(f"{labels[0]} validation accuracy")
+    ax.set_ylabel(f"{labels[1]} validation accuracy")
+    ax.set_title(f"mean |diff| {mean_diff:.4f}, top-{k} overlap {overlap}/{k}", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def plot_projection_histograms(
+    projections_true: Sequence[Float[Tensor, " n_true"]],
+    projections_false: Sequence[Float[Tensor, " n_false"]],
+    titles: Sequence[str],
+) -> Figure:
+    """One panel per head: histograms of true and false answers' projections on its direction."""
+    if not len(projections_true) == len(projections_false) == len(titles) > 0:
+        raise ValueError(
+            f"need one true set, one false set and one title per panel, got "
+            f"{len(projections_true)}, {len(projections_false)} and {len(titles)}"
+        )
+    fig, axes = plt.subplots(1, len(titles), figsize=(3.2 * len(titles), 3.0), squeeze=False)
+    for ax, true, false, title in zip(axes[0], projections_true, projections_false, titles):
+        # Shared bins, so the two classes' bars line up.
+        bins = np.histogram_bin_edges(torch.cat([true, false]).numpy(), bins=20)
+        ax.hist(true.numpy(), bins=bins, alpha=0.6, label="true answers")
+        ax.hist(false.numpy(), bins=bins, alpha=0.6, label="false answers")
+        ax.set_title(title)
+        ax.set_xlabel("projection on direction")
+    axes[0, 0].set_ylabel("count")
+    axes[0, 0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_direction_cosines(directions: Float[Tensor, "k d_head"], heads: Int[Tensor, "k 2"]) -> Figure:
+    """Cosine similarity between the heads' steering directions, labelled ``L{layer}H{head}``."""
+    unit = directions / directions.norm(dim=-1, keepdim=True)
+    cosines = (unit @ unit.T).numpy()
+    names = [f"L{layer}H{head}" for layer, head in heads.tolist()]
+    size = max(3.5, 0.4 * len(names) + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(cosines, vmin=-1, vmax=1, cmap="RdBu_r")
+    fig.colorbar(image, ax=ax, label="cosine similarity")
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title("Steering directions: cosine similarity")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(frame: pd.DataFrame, x: str, y: str, hue: str | None = None) -> Figure:
+    """``y`` against ``x`` as lines, one per value of ``hue`` (or a single line)."""
+    missing = [c for c in (x, y, hue) if c is not None and c not in frame.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the frame (it has {list(frame.columns)})")
+    fig, ax = plt.subplots(figsize=(5.0, 3.5))
+    groups = frame.groupby(hue, sort=True) if hue is not None else [(None, frame)]
+    for value, group in groups:
+        group = group.sort_values(x)
+        ax.plot(group[x], group[y], marker="o", label=None if hue is None else f"{hue}={value}")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if hue is not None:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_trigger_histogram(results: Sequence[GenerationResult]) -> Figure:
+    """Two panels over the triggered answers: the step at which FASB fired, and how many tokens it removed."""
+    fired = [r for r in results if r.triggered]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.0))
+    panels = [
+        (left, [r.trigger_step for r in fired], "trigger step (generated tokens)"),
+        (right, [r.n_removed for r in fired], "tokens removed"),
+    ]
+    for ax, values, label in panels:
+        if values:
+            # Integer-centred bins: every count gets its own bar.
+            ax.hist(values, bins=np.arange(min(values), max(values) + 2) - 0.5)
+        else:
+            ax.text(0.5, 0.5, "no triggers", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(label)
+        ax.set_ylabel("answers")
+    fig.suptitle(f"{len(fired)} of {len(results)} answers triggered")
+    fig.tight_layout()
+    return fig
+
+
+def render_backtrack(result: GenerationResult, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The answer as ``kept [-removed-] regenerated``; the marker sits where steering started."""
+    if not result.triggered or result.steered_from is None:
+        return result.text
+
+    def text(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    kept = text(result.token_ids[: result.steered_from])
+    regenerated = text(result.token_ids[result.steered_from :])
+    parts = [kept, f"[-{text(result.removed_token_ids)}-]", regenerated]
+    return " ".join(part for part in parts if part)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:

@@ -401,6 +401,9 @@ def fit_steerer(
     """
     if direction not in DIRECTION_KINDS:
         raise ProbeError(f"unknown direction kind {direction!r}: expected one of {DIRECTION_KINDS}")
+    n_heads_total = int(model.cfg.n_layers) * int(model.cfg.n_heads)
+    if not 1 <= k <= n_heads_total:
+        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
     train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train])
     val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val])
     tuning_prompts = tuning_bank(tuning_records if tuning_records is not None else records, seed=seed)

@@ -1,0 +1,276 @@
+"""``fasb bench``: side-by-side cost of plain decoding, FASB monitoring, backtracking, probe fitting and
+extraction, measured in one run on the same model, prompts and settings.
+
+Every stage is timed per prompt (median over prompts) and its peak resident memory is sampled while it runs.
+Ratios are computed between stages of the same run, never against stored numbers, because the machines are
+shared and noisy. Extra stages (the released code's loop in ``analysis/benchmark.py``) plug in by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from typing_extensions import Self
+
+from fasb_tl.activations import collect_head_activations
+from fasb_tl.data import dataset_splits, generation_prompt, load_builtin, probe_bank
+from fasb_tl.evaluation.results import atomic_write_text
+from fasb_tl.generation import GenerationConfig, generate
+from fasb_tl.probes import HeadProbes
+from fasb_tl.steering import Steerer, fit_steerer
+
+
+@dataclass
+class Stage:
+    """One measured stage: per-item seconds, produced units (tokens or prompts) and peak RSS."""
+
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def seconds_per_unit(self) -> float:
+        """Median over items of seconds per produced unit."""
+        return statistics.median(s / max(u, 1) for s, u in zip(self.seconds, self.units))
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread while a block runs (peak in MB)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def current_mb() -> float:
+        """Current resident set size from /proc (0 where it is unavailable)."""
+        try:
+            with open("/proc/self/status", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current_mb())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Self:
+        self.peak = self.current_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current_mb())
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What the benchmark runs: model, number of prompts, new tokens and the FASB settings."""
+
+    model: str = "smollm2-135m-instruct"
+    n_prompts: int = 16
+    max_new_tokens: int = 50
+    back_steps: int = 10
+    alpha: float = 15.0
+    k: int = 24
+    seed: int = 42
+
+
+def _time_each(name: str, items: list, run: Callable[[object], int]) -> Stage:
+    stage = Stage(name)
+    with PeakRSS() as memory:
+        for item in items:
+            start = time.perf_counter()
+            units = run(item)
+            stage.seconds.append(time.perf_counter() - start)
+            stage.units.append(units)
+    stage.peak_rss_mb = memory.peak
+    return stage
+
+
+def decoding_stages(model, steerer: Steerer, prompts: list[str], config: BenchConfig) -> dict[str, Stage]:
+    """(a) plain cached greedy, (b) monitoring only, (c)/(d) a forced trigger at ``back_steps`` with reference
+    and persistent history; time per produced token counts the regenerated tokens' cost."""
+    base = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        back_steps=config.back_steps,
+        alpha=config.alpha,
+        stop_at_eos=False,
+    )
+    settings = {
+        "a_plain": (None, GenerationConfig(**{**asdict(base), "method": "none"})),
+        "b_monitor": (steerer, GenerationConfig(**{**asdict(base), "threshold": 0.0})),
+        "c_trigger_reference": (
+            steerer,
+            GenerationConfig(**{**asdict(base), "threshold": 2.0, "force_threshold": True}),
+        ),
+        "d_trigger_persistent": (
+            steerer,
+            GenerationConfig(
+                **{**asdict(base), "threshold": 2.0, "force_threshold": True, "history": "persistent"}
+            ),
+        ),
+    }
+    generate(model, prompts[:1], None, GenerationConfig(method="none", max_new_tokens=4), progress=False)
+    stages = {name: Stage(name) for name in settings}
+    # Stages take turns on each prompt, so drift in machine load hits them alike.
+    with PeakRSS() as memory:
+        for prompt in prompts:
+            for name, (use, generation) in settings.items():
+                start = time.perf_counter()
+                result = generate(model, [prompt], use, generation, batch_size=1, progress=False)[0]
+                stages[name].seconds.append(time.perf_counter() - start)
+                stages[name].units.append(len(result.token_ids))
+    for stage in stages.values():
+        stage.peak_rss_mb = memory.peak
+    return stages
+
+
+def probe_fit_stage(model, config: BenchConfig) -> dict[str, Stage]:
+    """(f) all-head probe fitting: torch batched vs a loop of sklearn fits, with their agreement."""
+    records = load_builtin()
+    split = dataset_splits("builtin", len(records), seed=config.seed)[0]
+    train, train_y, _ = probe_bank([records[i] for i in split.train])
+    val, val_y, _ = probe_bank([records[i] for i in split.val])
+    acts = collect_head_activations(model, train + val, batch_size=32, progress=False)
+    n = len(train)
+    data = (acts[:n], torch.from_numpy(train_y), acts[n:], torch.from_numpy(val_y))
+    fitted = {}
+
+    def fit(backend):
+        def run(_):
+            fitted[backend] = HeadProbes(backend).fit(*data, progress=False)
+            return 1
+
+        return run
+
+    stages = {f"f_fit_{b}": _time_each(f"f_fit_{b}", [None], fit(b)) for b in ("torch", "sklearn")}
+    torch_fit, sklearn_fit = fitted["torch"], fitted["sklearn"]
+    overlap = {tuple(h) for h in torch_fit.top_heads(config.k).tolist()} & {
+        tuple(h) for h in sklearn_fit.top_heads(config.k).tolist()
+    }
+    stages["f_fit_torch"].extra = {
+        "mean_abs_val_acc_diff": float((torch_fit.val_accuracy_ - sklearn_fit.val_accuracy_).abs().mean()),
+        f"top{config.k}_overlap": len(overlap) / config.k,
+        "n_train_prompts": n,
+    }
+    return stages
+
+
+def extraction_stages(model, prompts: list[str]) -> dict[str, Stage]:
+    """(g) hook_z extraction prompts/s at batch 1 vs batch 16 (time per prompt)."""
+    stages = {}
+    for batch in (1, 16):
+        name = f"g_extract_batch{batch}"
+        stages[name] = _time_each(
+            name,
+            [prompts],
+            lambda ps, b=batch: len(collect_head_activations(model, ps, batch_size=b, progress=False)),
+        )
+    return stages
+
+
+def batch_generation_stages(
+    model, steerer: Steerer, prompts: list[str], config: BenchConfig
+) -> dict[str, Stage]:
+    """(h) FASB generation throughput (real triggers at threshold 0.5) at batch 1 vs batch 8."""
+    generation = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        back_steps=config.back_steps,
+        alpha=config.alpha,
+        threshold=0.5,
+        stop_at_eos=False,
+    )
+    stages = {}
+    for batch in (1, 8):
+        name = f"h_fasb_batch{batch}"
+
+        def run(ps, b=batch) -> int:
+            return sum(
+                len(r.token_ids)
+                for r in generate(model, ps, steerer, generation, batch_size=b, progress=False)
+            )
+
+        stages[name] = _time_each(name, [prompts], run)
+    return stages
+
+
+RATIOS = {
+    "(b)/(a) time per token, target <= 1.10": ("b_monitor", "a_plain"),
+    "(c)/(a) time per produced token, target <= 1.5": ("c_trigger_reference", "a_plain"),
+    "(d)/(a) time per produced token": ("d_trigger_persistent", "a_plain"),
+    "(e)/(c) released loop vs ours, target >= 10": ("e_released_loop", "c_trigger_reference"),
+    "(f) sklearn/torch fit time, target >= 10 (agreement in bench.json)": ("f_fit_sklearn", "f_fit_torch"),
+    "(g) batch16/batch1 prompts per s, target >= 3": ("g_extract_batch1", "g_extract_batch16"),
+    "(h) batch8/batch1 tokens per s, target >= 2.5": ("h_fasb_batch1", "h_fasb_batch8"),
+}
+
+
+def run_bench(
+    config: BenchConfig,
+    out: str | os.PathLike = "runs/bench",
+    extra: dict[str, Callable] | None = None,
+) -> dict:
+    """Run every stage, print the table and write ``bench.json``; ``extra`` maps stage names to callables
+    ``(model, steerer, prompts, config) -> Stage``."""
+    from fasb_tl.models import load_model
+
+    model = load_model(config.model)
+    records = load_builtin()
+    split = dataset_splits("builtin", len(records), seed=config.seed)[0]
+    steerer, _ = fit_steerer(model, records, split, k=config.k, seed=config.seed, progress=False)
+    questions = [records[i].question for i in split.test[: config.n_prompts]]
+    prompts = [generation_prompt(q) for q in questions]
+    stages = decoding_stages(model, steerer, prompts, config)
+    for name, make in (extra or {}).items():
+        stages[name] = make(model, steerer, prompts, config)
+    stages.update(probe_fit_stage(model, config))
+    stages.update(extraction_stages(model, prompts))
+    stages.update(batch_generation_stages(model, steerer, prompts, config))
+    ratios = {
+        label: stages[num].seconds_per_unit / stages[den].seconds_per_unit
+        for label, (num, den) in RATIOS.items()
+        if num in stages and den in stages
+    }
+    report = {
+        "config": asdict(config),
+        "torch_threads": torch.get_num_threads(),
+        "stages": {
+            name: {
+                "median_seconds_per_unit": s.seconds_per_unit,
+                "peak_rss_mb": s.peak_rss_mb,
+                "items": len(s.seconds),
+                "total_seconds": sum(s.seconds),
+                **s.extra,
+            }
+            for name, s in stages.items()
+        },
+        "ratios": ratios,
+    }
+    print(f"{'stage':24s} {'median s/unit':>14s} {'peak RSS MB':>12s}")
+    for name, s in stages.items():
+        print(f"{name:24s} {s.seconds_per_unit:14.4f} {s.peak_rss_mb:12.0f}")
+    print()
+    for label, value in ratios.items():
+        print(f"{label:50s} {value:8.2f}")
+    atomic_write_text(Path(out) / "bench.json", json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {Path(out) / 'bench.json'}")
+    return report

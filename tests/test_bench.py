@@ -1,0 +1,48 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasb_tl.bench import PeakRSS, Stage
+from fasb_tl.data import dataset_splits, load_builtin
+from fasb_tl.generation import GenerationConfig, generate
+from fasb_tl.models import encode
+from fasb_tl.steering import fit_steerer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+from released_loop import released_generate
+
+
+def test_stage_reports_the_median_time_per_unit():
+    stage = Stage("x", seconds=[1.0, 2.0, 9.0], units=[10, 10, 10])
+    assert stage.seconds_per_unit == pytest.approx(0.2)
+
+
+def test_peak_rss_sees_a_large_allocation():
+    with PeakRSS() as memory:
+        before = PeakRSS.current_mb()
+        block = torch.ones(64 * 1024 * 1024, dtype=torch.float32)  # 256 MB
+        block += 1
+        del block
+    assert memory.peak >= before + 200
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 2.0])
+def test_released_loop_reimplementation_matches_the_cached_loop(tiny_model, threshold):
+    records = load_builtin()
+    steerer, _ = fit_steerer(
+        tiny_model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False
+    )
+    prompt = "Q: Is the sky blue? A:"
+    config = GenerationConfig(
+        alpha=8.0,
+        threshold=threshold,
+        back_steps=3,
+        max_new_tokens=10,
+        stop_at_eos=False,
+        force_threshold=True,
+    )
+    ours = generate(tiny_model, [prompt], steerer, config, progress=False)[0]
+    theirs = released_generate(tiny_model, steerer, encode(tiny_model, prompt), 8.0, threshold, 3, 10)
+    assert ours.token_ids == theirs
