@@ -11,6 +11,7 @@ from fasb_tl.generation import GenerationResult
 from fasb_tl.plotting import (
     plot_backend_agreement,
     plot_direction_cosines,
+    plot_head_ablation,
     plot_layer_accuracy,
     plot_projection_histograms,
     plot_sweep,
@@ -83,6 +84,16 @@ def test_direction_cosines_labels_and_values():
     assert cosines[1, 1] == pytest.approx(1.0)
 
 
+def test_head_ablation_bars_follow_the_changes():
+    fig = plot_head_ablation(["L1H2", "L3H4", "all"], [0.125, -0.25, 0.0], baseline=0.5)
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [0.125, -0.25, 0.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["L1H2", "L3H4", "all"]
+    assert "0.500" in ax.get_title()
+    with pytest.raises(ValueError, match="2 labels for 3 changes"):
+        plot_head_ablation(["a", "b"], [0.1, 0.2, 0.3], baseline=0.5)
+
+
 def test_sweep_draws_one_line_per_hue_value():
     frame = pd.DataFrame(
         {
@@ -95,7 +106,8 @@ def test_sweep_draws_one_line_per_hue_value():
     lines = fig.axes[0].lines
     assert sorted(line.get_label() for line in lines) == ["method=fasb", "method=iti"]
     assert all(line.get_xdata().tolist() == [1, 5] for line in lines)  # sorted by x
-    assert len(plot_sweep(frame, "alpha", "accuracy").axes[0].lines) == 1
+    single = plot_sweep(frame, "alpha", "accuracy", title="accuracy vs alpha").axes[0]
+    assert len(single.lines) == 1 and single.get_title() == "accuracy vs alpha"
     with pytest.raises(ValueError, match="not in the frame"):
         plot_sweep(frame, "alpha", "mc2")
 
@@ -147,6 +159,22 @@ def test_render_backtrack_without_trigger_or_kept_tokens(tiny_model):
         steered_from=0,
     )
     assert render_backtrack(everything, tokenizer) == "[-Yes.-] No."
+
+
+def test_render_backtrack_cuts_the_final_text_at_end(tiny_model):
+    tokenizer = tiny_model.tokenizer
+    result = GenerationResult(
+        text="A: No.\n\nQ: Next?",
+        token_ids=_ids(tokenizer, "A: No.\n\nQ: Next?"),
+        triggered=True,
+        trigger_step=10,
+        removed_token_ids=_ids(tokenizer, " Yes.\n\nQ: Why"),
+        steered_from=2,
+    )
+    assert render_backtrack(result, tokenizer, end="\nQ:") == "A: [-Yes.\n\nQ: Why-] No."
+    assert render_backtrack(result, tokenizer).endswith("No.\n\nQ: Next?")
+    untriggered = GenerationResult(text="\nA: Yes.\n\nQ: Next?", token_ids=[])
+    assert render_backtrack(untriggered, tokenizer, end="\nQ:") == "A: Yes."
 
 
 def test_save_figure_writes_png(tmp_path):

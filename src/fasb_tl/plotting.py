@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from itertools import cycle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -139,18 +141,42 @@ def plot_direction_cosines(directions: Float[Tensor, "k d_head"], heads: Int[Ten
     return fig
 
 
-def plot_sweep(frame: pd.DataFrame, x: str, y: str, hue: str | None = None) -> Figure:
+def plot_head_ablation(
+    labels: Sequence[str], changes: Sequence[float], baseline: float, ylabel: str = "accuracy change"
+) -> Figure:
+    """Bars of the change each steering setting (e.g. a single head) makes against a baseline score."""
+    if len(labels) != len(changes):
+        raise ValueError(f"got {len(labels)} labels for {len(changes)} changes")
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 1.5), 3.5))
+    colours = ["tab:green" if change > 0 else "tab:red" for change in changes]
+    ax.bar(range(len(labels)), changes, color=colours)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Steering ablation (baseline {baseline:.3f})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(
+    frame: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str | None = None
+) -> Figure:
     """``y`` against ``x`` as lines, one per value of ``hue`` (or a single line)."""
     missing = [c for c in (x, y, hue) if c is not None and c not in frame.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the frame (it has {list(frame.columns)})")
     fig, ax = plt.subplots(figsize=(5.0, 3.5))
     groups = frame.groupby(hue, sort=True) if hue is not None else [(None, frame)]
-    for value, group in groups:
+    # Lines of equal values would hide each other; distinct markers and dashes keep all of them visible.
+    styles = zip(cycle("osD^v"), cycle(["-", "--", ":", "-."]))
+    for (value, group), (marker, dashes) in zip(groups, styles):
         group = group.sort_values(x)
-        ax.plot(group[x], group[y], marker="o", label=None if hue is None else f"{hue}={value}")
+        label = None if hue is None else f"{hue}={value}"
+        ax.plot(group[x], group[y], marker=marker, linestyle=dashes, alpha=0.8, label=label)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
+    if title is not None:
+        ax.set_title(title)
     if hue is not None:
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -169,26 +195,36 @@ def plot_trigger_histogram(results: Sequence[GenerationResult]) -> Figure:
         if values:
             # Integer-centred bins: every count gets its own bar.
             ax.hist(values, bins=np.arange(min(values), max(values) + 2) - 0.5)
+            ax.set_xlim(min(values) - 1.5, max(values) + 1.5)
         else:
             ax.text(0.5, 0.5, "no triggers", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(label)
         ax.set_ylabel("answers")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{len(fired)} of {len(results)} answers triggered")
     fig.tight_layout()
     return fig
 
 
-def render_backtrack(result: GenerationResult, tokenizer: PreTrainedTokenizerBase) -> str:
-    """The answer as ``kept [-removed-] regenerated``; the marker sits where steering started."""
+def render_backtrack(
+    result: GenerationResult, tokenizer: PreTrainedTokenizerBase, end: str | None = None
+) -> str:
+    """The answer as ``kept [-removed-] regenerated``, the final text cut at ``end`` (e.g. ``"\\nQ:"``)."""
+
+    def cut(text: str) -> str:
+        return (text.split(end)[0] if end else text).strip()
+
     if not result.triggered or result.steered_from is None:
-        return result.text
+        return cut(result.text)
 
-    def text(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
 
-    kept = text(result.token_ids[: result.steered_from])
-    regenerated = text(result.token_ids[result.steered_from :])
-    parts = [kept, f"[-{text(result.removed_token_ids)}-]", regenerated]
+    kept = decode(result.token_ids[: result.steered_from]).strip()
+    removed = decode(result.removed_token_ids).strip()
+    regenerated = cut(decode(result.token_ids[result.steered_from :]))
+    parts = [kept, f"[-{removed}-]", regenerated]
     return " ".join(part for part in parts if part)
 
 
