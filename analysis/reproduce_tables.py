@@ -56,9 +56,10 @@ def plans(args: argparse.Namespace) -> list[EvalPlan]:
     tqa = TruthfulQAConfig(**steering, n_mc=args.n_mc, n_generation=args.n_gen)
     mc = MultiChoiceConfig(**steering, n_eval=args.n_items, n_pool=args.n_pool)
     common = {"methods": METHODS, "truthfulqa": tqa, "multichoice": mc}
+    # Cheapest first, so an interrupted run still has whole tables: the six tasks, TruthfulQA MC, generation.
     return [
-        EvalPlan(tasks=["truthfulqa"], generation=False, **common),
         EvalPlan(tasks=list(TASKS), **common),
+        EvalPlan(tasks=["truthfulqa"], generation=False, **common),
         EvalPlan(tasks=["truthfulqa"], mc=False, **common),
     ]
 
@@ -74,7 +75,7 @@ def ablation_table(tqa: pd.DataFrame) -> pd.DataFrame:
         "fixed": "w/o adaptive strength",
         "fasb": "FASB (full)",
     }
-    frame = tqa[keep].copy()
+    frame = tqa.loc[[m for m in tqa.index if m != "caa"], keep].copy()
     frame.index = [labels.get(i, i) for i in frame.index]
     return frame
 

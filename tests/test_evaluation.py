@@ -93,9 +93,10 @@ def test_an_interrupted_run_resumes_without_duplicates(tiny_model, truthfulqa, t
 def test_multichoice_task_rows(tiny_model, tmp_path, data_dir):
     config = MultiChoiceConfig(n_pool=12, n_eval=8, k=4, alpha=5.0)
     evaluation = MultiChoiceEvaluation(tiny_model, "sst2", config, tmp_path, str(data_dir), progress=False)
-    evaluation.run(("none", "iti", "fasb"))
+    evaluation.run(("none", "iti", "caa", "fasb"))
     rows = ResultStore(tmp_path).rows
-    assert {r["method"] for r in rows} == {"none", "iti", "fasb/paper", "fasb/question"}
+    assert {r["method"] for r in rows} == {"none", "iti", "caa", "fasb/paper", "fasb/question"}
+    assert next(r for r in rows if r["method"] == "caa")["caa"] == {"layer": None, "multiplier": 1.0}
     none = next(r for r in rows if r["method"] == "none")
     assert none["accuracy"] == none["unsteered_accuracy"] and none["n_items"] == 8
     assert all(r["accuracy"] == np.mean(r["per_item"]["correct"]) for r in rows)

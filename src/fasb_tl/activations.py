@@ -64,12 +64,13 @@ def _extract(
     model: TransformerBridge,
     token_lists: list[list[int]],
     wanted: list[Int[Tensor, " k"]],
-    layers: Sequence[int],
+    names: Sequence[str],
     batch_size: int,
     padding_side: PaddingSide,
     progress: bool,
-) -> list[Float[Tensor, "k layer head d_head"]]:
-    """hook_z at positions ``wanted[i]`` (indices into prompt i's own tokens) of every prompt."""
+) -> list[Float[Tensor, "k name *rest"]]:
+    """The hook points ``names`` (same trailing shape) at positions ``wanted[i]`` (indices into prompt i's
+    own tokens) of every prompt, stacked along dim 1."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad_id = model.tokenizer.pad_token_id
@@ -78,19 +79,19 @@ def _extract(
     # Sorting by length keeps padding (wasted compute) small; results are put back in input order.
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
     results: list[Tensor | None] = [None] * len(token_lists)
-    bar = tqdm(total=len(order), desc="hook_z", unit="prompt", disable=not progress, leave=False)
+    bar = tqdm(total=len(order), desc="activations", unit="prompt", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         ids, mask, offsets = pad_batch([token_lists[i] for i in chunk], pad_id, padding_side)
         rows = torch.cat([torch.full((len(wanted[i]),), r, dtype=torch.long) for r, i in enumerate(chunk)])
         cols = torch.cat([wanted[i] + offsets[r] for r, i in enumerate(chunk)])
-        captured: dict[int, Tensor] = {}
-        hooks = [(hook_z_name(layer), _keep_rows(captured, layer, rows, cols)) for layer in layers]
+        captured: dict[str, Tensor] = {}
+        hooks = [(name, _keep_rows(captured, name, rows, cols)) for name in names]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(ids.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), return_type=None)
-        stacked = torch.stack([captured[layer] for layer in layers], dim=1)
+        stacked = torch.stack([captured[name] for name in names], dim=1)
         if not torch.isfinite(stacked).all():
-            raise NonFiniteActivationError(f"non-finite hook_z values in the batch of prompts {chunk[:5]}...")
+            raise NonFiniteActivationError(f"non-finite activations in the batch of prompts {chunk[:5]}...")
         for piece, i in zip(stacked.split([len(wanted[i]) for i in chunk]), chunk):
             results[i] = piece
         bar.update(len(chunk))
@@ -124,8 +125,27 @@ def collect_head_activations(
         ]
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     wanted = [torch.tensor([p]) for p in picks]
-    pieces = _extract(model, token_lists, wanted, layers, batch_size, padding_side, progress)
+    names = [hook_z_name(layer) for layer in layers]
+    pieces = _extract(model, token_lists, wanted, names, batch_size, padding_side, progress)
     return torch.cat(pieces, dim=0)
+
+
+def collect_residual_activations(
+    model: TransformerBridge,
+    prompts: Sequence[Prompt],
+    layer: int,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Float[Tensor, "n d_model"]:
+    """The residual stream after block ``layer`` (``blocks.{L}.hook_resid_post``) at each prompt's last token."""
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer must be in [0, {model.cfg.n_layers - 1}], got {layer}")
+    token_lists = tokenize_prompts(model, prompts)
+    wanted = [torch.tensor([len(ids) - 1]) for ids in token_lists]
+    name = f"blocks.{layer}.hook_resid_post"
+    pieces = _extract(model, token_lists, wanted, [name], batch_size, "right", progress)
+    return torch.cat(pieces, dim=0)[:, 0]
 
 
 def collect_span_activations(
@@ -148,14 +168,15 @@ def collect_span_activations(
             raise ValueError(f"span {(start, stop)} of prompt {index} is not inside its {len(ids)} tokens")
         wanted.append(torch.arange(start, stop))
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    return _extract(model, token_lists, wanted, layers, batch_size, padding_side, progress)
+    names = [hook_z_name(layer) for layer in layers]
+    return _extract(model, token_lists, wanted, names, batch_size, padding_side, progress)
 
 
-def _keep_rows(captured: dict[int, Tensor], layer: int, rows: Tensor, cols: Tensor):
-    """A hook that stores ``z[rows, cols]`` of its layer (float32, CPU) and drops the rest."""
+def _keep_rows(captured: dict[str, Tensor], name: str, rows: Tensor, cols: Tensor):
+    """A hook that stores ``value[rows, cols]`` of its hook point (float32, CPU) and drops the rest."""
 
-    def keep(z: Tensor, hook) -> None:
-        captured[layer] = z[rows, cols].detach().to("cpu", torch.float32)
+    def keep(value: Tensor, hook) -> None:
+        captured[name] = value[rows, cols].detach().to("cpu", torch.float32)
 
     return keep
 

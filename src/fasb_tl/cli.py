@@ -88,6 +88,7 @@ def _split(text: str) -> list[str]:
 
 
 def _plan(args: argparse.Namespace):
+    from fasb_tl.caa import CAAConfig
     from fasb_tl.evaluation.multichoice import MultiChoiceConfig
     from fasb_tl.evaluation.runner import ALL_TASKS, EvalPlan
     from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
@@ -106,6 +107,7 @@ def _plan(args: argparse.Namespace):
             history=args.history,
         ),
         multichoice=MultiChoiceConfig(**steering, n_pool=args.n_pool, n_eval=args.n_items),
+        caa=CAAConfig(layer=args.caa_layer, multiplier=args.caa_multiplier),
         judges=_split(args.judges),
         generation=not args.no_generation,
         mc=not args.no_mc,
@@ -165,7 +167,11 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
         default="truthfulqa",
         help="truthfulqa, copa, storycloze, nli, mmlu, sst2, winogrande, xnli_en, a comma list, or all",
     )
-    parser.add_argument("--methods", default="none,iti,question,no_backtrack,fixed,fasb")
+    parser.add_argument("--methods", default="none,iti,caa,question,no_backtrack,fixed,fasb")
+    parser.add_argument(
+        "--caa-layer", type=int, default=None, help="CAA residual layer (default: the middle)"
+    )
+    parser.add_argument("--caa-multiplier", type=float, default=1.0, help="CAA vector multiplier")
     parser.add_argument(
         "--protocols", default="paper,question", help="MC protocols for the monitored methods"
     )

@@ -353,6 +353,8 @@ def generate(
     Text prompts follow the package's BOS convention; token-id prompts are used as given. Every row is
     monitored, triggered, rolled back and steered independently; results equal batch-size-1 results.
     ``prefix``, a cached prefix the prompts share, saves its recomputation without changing results.
+    ``steerer`` is a :class:`Steerer`, or, for ``iti``, any intervention with its ``attach`` interface (e.g.
+    the CAA baseline's :class:`fasb_tl.caa.ResidualSteerer`).
     """
     config = config or GenerationConfig()
     if config.method != "none" and steerer is None:

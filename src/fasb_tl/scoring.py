@@ -115,6 +115,20 @@ class _Pass:
     p_true: list[Tensor | None]
 
 
+def _context_cache(model: TransformerBridge, context: list[int], prefix: PrefixCache | None) -> PrefixCache:
+    """The unsteered KV cache of a context (built on the shared prefix's cache when there is one)."""
+    shared = prefix.shared_length([context]) if prefix is not None else 0
+    cache = prefix.expand(1, shared) if shared else None
+    mask = torch.ones(1, len(context), dtype=torch.long, device=model.cfg.device)
+    _, cache = model(
+        torch.tensor([context[shared:]], device=model.cfg.device),
+        attention_mask=mask,
+        past_key_values=cache,
+        return_type="logits_and_cache",
+    )
+    return PrefixCache(tokens=context, cache=cache)
+
+
 def _teacher_forced(
     model: TransformerBridge,
     items: list[tuple[list[int], int]],
@@ -127,53 +141,60 @@ def _teacher_forced(
     progress: bool,
 ) -> _Pass:
     """One teacher-forced pass over every item: answer log-likelihoods, optional steering (from a position on,
-    at a scale) and optional p_true at every answer position."""
+    at a scale) and optional p_true at every answer position.
+
+    Items that share a context (the options of one question) are run together: the context up to its last
+    token is computed once, unsteered, and only the rest (last context token + answer) is fed per option.
+    Steering never starts before the last context token, so the cached part is the same with or without it.
+    """
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     device = model.cfg.device
-    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (full, start) in enumerate(items):
+        groups.setdefault(tuple(full[: start - 1]), []).append(index)
     scores = torch.zeros(len(items), dtype=torch.float64)
     p_true: list[Tensor | None] = [None] * len(items)
-    state = HookState(capture=capture, all_positions=True)
+    state = HookState(capture=False, all_positions=True)
     hooks = steerer.attach(model, state) if steerer is not None else nullcontext()
     bar = tqdm(total=len(items), desc=desc, unit="answer", disable=not progress, leave=False)
     with torch.no_grad(), hooks:
-        for first in range(0, len(order), batch_size):
-            chunk = order[first : first + batch_size]
-            full_ids = [items[i][0] for i in chunk]
-            shared = 0
-            if prefix is not None:
-                # Every position that scores an answer token (from start - 1 on) must be fed, not cached.
-                shared = min(prefix.shared_length(full_ids), *(items[i][1] - 1 for i in chunk))
-            ids, mask, _ = pad_batch([f[shared:] for f in full_ids], pad, "right")
-            scale = torch.zeros(ids.shape, dtype=torch.float32)
-            for row, i in enumerate(chunk):
-                if steer_from[i] is not None:
-                    position, value = steer_from[i]
-                    scale[row, max(position - shared, 0) : len(full_ids[row]) - shared] = value
-            state.scale = scale if bool((scale != 0).any()) else None
-            state.captured.clear()
-            cache = prefix.expand(len(chunk), shared) if shared else None
-            full_mask = torch.cat([torch.ones(len(chunk), shared, dtype=torch.long), mask], dim=1)
-            logits = model(
-                ids.to(device),
-                attention_mask=full_mask.to(device),
-                past_key_values=cache,
-                return_type="logits",
-            )
-            log_probs = torch.log_softmax(logits.float().cpu(), dim=-1)
-            batch_p = (
-                steerer.captured_p_true(state).float().cpu() if capture and steerer is not None else None
-            )
-            for row, i in enumerate(chunk):
-                full, start = items[i]
-                targets = torch.tensor(full[start:])
-                picked = log_probs[row, start - 1 - shared : len(full) - 1 - shared].gather(
-                    1, targets[:, None]
+        for context, members in groups.items():
+            state.scale, state.capture = None, False
+            cached = _context_cache(model, list(context), prefix) if context else None
+            shared = len(context)
+            for first in range(0, len(members), batch_size):
+                chunk = members[first : first + batch_size]
+                ids, mask, _ = pad_batch([items[i][0][shared:] for i in chunk], pad, "right")
+                scale = torch.zeros(ids.shape, dtype=torch.float32)
+                for row, i in enumerate(chunk):
+                    if steer_from[i] is not None:
+                        position, value = steer_from[i]
+                        scale[row, max(position - shared, 0) : len(items[i][0]) - shared] = value
+                state.scale = scale if bool((scale != 0).any()) else None
+                state.capture = capture
+                state.captured.clear()
+                cache = cached.expand(len(chunk), shared) if cached is not None else None
+                full_mask = torch.cat([torch.ones(len(chunk), shared, dtype=torch.long), mask], dim=1)
+                logits = model(
+                    ids.to(device),
+                    attention_mask=full_mask.to(device),
+                    past_key_values=cache,
+                    return_type="logits",
                 )
-                scores[i] = picked.sum()
-                if batch_p is not None:
-                    p_true[i] = batch_p[row, start - 1 - shared : len(full) - shared]
-            bar.update(len(chunk))
+                log_probs = torch.log_softmax(logits.float().cpu(), dim=-1)
+                batch_p = (
+                    steerer.captured_p_true(state).float().cpu() if capture and steerer is not None else None
+                )
+                for row, i in enumerate(chunk):
+                    full, start = items[i]
+                    targets = torch.tensor(full[start:])
+                    picked = log_probs[row, start - 1 - shared : len(full) - 1 - shared].gather(
+                        1, targets[:, None]
+                    )
+                    scores[i] = picked.sum()
+                    if batch_p is not None:
+                        p_true[i] = batch_p[row, start - 1 - shared : len(full) - shared]
+                bar.update(len(chunk))
     bar.close()
     return _Pass(scores=scores, p_true=p_true)
 

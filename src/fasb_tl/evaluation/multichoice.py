@@ -21,6 +21,7 @@ import torch
 
 from fasb_tl import __version__
 from fasb_tl.activations import collect_head_activations
+from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.evaluation.multichoice_data import ChoiceRecord, load_task, sample
 from fasb_tl.evaluation.results import ResultStore, row_key
 from fasb_tl.models import model_name
@@ -30,7 +31,7 @@ from fasb_tl.steering import Steerer, SteererFormatError, model_meta, steerer_fr
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-MC_TASK_METHODS = ("none", "iti", "question", "fasb")
+MC_TASK_METHODS = ("none", "iti", "caa", "question", "fasb")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class MultiChoiceEvaluation:
         out: str | Path,
         data_dir: str | None = None,
         progress: bool = True,
+        caa: CAAConfig | None = None,
     ):
         self.model = model
         self.task = task
@@ -80,14 +82,14 @@ class MultiChoiceEvaluation:
         self.data_dir = data_dir
         self.progress = progress
         self.store = ResultStore(self.out)
+        self.caa = caa or CAAConfig()
 
     def _identity(self, method: str) -> dict:
-        return {
-            "task": self.task,
-            "model": model_name(self.model),
-            "method": method,
-            "config": asdict(self.config),
-        }
+        identity = {"task": self.task, "model": model_name(self.model), "method": method}
+        identity["config"] = asdict(self.config)
+        if method == "caa":
+            identity["caa"] = asdict(self.caa)
+        return identity
 
     def steerer(self) -> Steerer:
         """The task's Steerer, reused from ``steerers/`` when present, else fitted on the pool and saved."""
@@ -134,18 +136,36 @@ class MultiChoiceEvaluation:
         cfg = self.config
         return named_configs(methods, protocols, cfg.alpha, cfg.threshold, cfg.back_steps)
 
+    def caa_steerer(self) -> ResidualSteerer:
+        """The task's CAA vector from the pool's option prompts (gold option = 1)."""
+        pool = sample(load_task(self.task, "pool", self.data_dir), self.config.n_pool, self.config.seed)
+        prompts, labels, _ = option_bank(pool)
+        return fit_caa(
+            self.model,
+            prompts,
+            labels,
+            self.caa.layer,
+            batch_size=self.config.batch_size,
+            progress=self.progress,
+        )
+
     def run(
         self, methods: Sequence[str] = MC_TASK_METHODS, protocols: Sequence[str] = ("paper", "question")
     ) -> None:
-        """Accuracy of each method on the task's evaluation sample; finished rows are skipped."""
-        configs = self.configs(methods, protocols)
+        """Accuracy of each method on the task's evaluation sample (``caa``: the CAA baseline); finished rows
+        are skipped."""
+        self._run_group(self.configs([m for m in methods if m != "caa"], protocols), self.steerer)
+        if "caa" in methods:
+            self._run_group({"caa": ScoringConfig(method="iti", alpha=self.caa.multiplier)}, self.caa_steerer)
+
+    def _run_group(self, configs: dict[str, ScoringConfig], get_steerer) -> None:
         keys = {name: row_key(**self._identity(name)) for name in configs}
         todo = {name: c for name, c in configs.items() if not self.store.has(keys[name])}
         if not todo:
             return
         start = time.perf_counter()
         items = sample(load_task(self.task, "eval", self.data_dir), self.config.n_eval, self.config.seed)
-        steerer = self.steerer() if any(c.method != "none" for c in todo.values()) else None
+        steerer = get_steerer() if any(c.method != "none" for c in todo.values()) else None
         scored = score_choices_many(
             self.model,
             [r.context for r in items],

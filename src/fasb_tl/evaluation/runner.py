@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fasb_tl.caa import CAAConfig
 from fasb_tl.data import load_truthfulqa
 from fasb_tl.evaluation.judges import DEFAULT_JUDGES, make_judges
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
@@ -30,6 +31,7 @@ class EvalPlan:
     protocols: Sequence[str] = ("paper", "question")
     truthfulqa: TruthfulQAConfig = field(default_factory=TruthfulQAConfig)
     multichoice: MultiChoiceConfig = field(default_factory=MultiChoiceConfig)
+    caa: CAAConfig = field(default_factory=CAAConfig)
     judges: Sequence[str] = DEFAULT_JUDGES
     generation: bool = True
     mc: bool = True
@@ -52,14 +54,20 @@ def run_plan(
     for task in plan.tasks:
         if task == "truthfulqa":
             evaluation = TruthfulQAEvaluation(
-                model, load_truthfulqa(data_dir), plan.truthfulqa, out, make_judges(plan.judges), progress
+                model,
+                load_truthfulqa(data_dir),
+                plan.truthfulqa,
+                out,
+                make_judges(plan.judges),
+                progress,
+                plan.caa,
             )
             if plan.mc:
                 evaluation.run_mc(plan.methods, plan.protocols)
             if plan.generation:
                 evaluation.run_generation(plan.methods)
         else:
-            MultiChoiceEvaluation(model, task, plan.multichoice, out, data_dir, progress).run(
+            MultiChoiceEvaluation(model, task, plan.multichoice, out, data_dir, progress, plan.caa).run(
                 plan.methods, plan.protocols
             )
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from fasb_tl.evaluation.multichoice_data import TASKS
 
-METHOD_ORDER = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
+METHOD_ORDER = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
 
 
 def _fold_mean(rows: list[dict], task: str, metric: str) -> dict[str, float]:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from fasb_tl import __version__
 from fasb_tl.activations import collect_head_activations
+from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.data import (
     QARecord,
     extract_answer,
@@ -44,8 +45,8 @@ from fasb_tl.steering import Steerer, SteererFormatError, model_meta, steerer_fr
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-GENERATION_METHODS = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
-MC_METHODS = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
+GENERATION_METHODS = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
+MC_METHODS = GENERATION_METHODS
 
 
 @dataclass(frozen=True)
@@ -97,17 +98,8 @@ def reference_answers(record: QARecord) -> tuple[list[str], list[str], int]:
     return true, list(record.extra["incorrect_answers"]), true.index(best)
 
 
-@dataclass
-class _Activations:
-    probe: torch.Tensor
-    labels: torch.Tensor
-    owners: np.ndarray
-    tuning: torch.Tensor
-
-
-def _activations(model: TransformerBridge, records: list[QARecord], config: TruthfulQAConfig) -> _Activations:
-    """Probe-bank and tuning-bank hook_z for every question, once for all folds."""
-    prompts, labels, owners = probe_bank(records)
+def tuning_prompts(records: list[QARecord], seed: int) -> list[str]:
+    """The label-free tuning bank over the CSV answers of every question (the released ``tqa_gen_end_q``)."""
     csv_records = [
         replace(
             r,
@@ -116,14 +108,7 @@ def _activations(model: TransformerBridge, records: list[QARecord], config: Trut
         )
         for r in records
     ]
-    tuning_prompts = tuning_bank(csv_records, seed=config.seed)
-    acts = collect_head_activations(model, prompts + tuning_prompts, batch_size=config.batch_size)
-    return _Activations(
-        probe=acts[: len(prompts)],
-        labels=torch.from_numpy(labels),
-        owners=owners,
-        tuning=acts[len(prompts) :],
-    )
+    return tuning_bank(csv_records, seed=seed)
 
 
 class TruthfulQAEvaluation:
@@ -137,6 +122,7 @@ class TruthfulQAEvaluation:
         out: str | Path,
         judges: Sequence[Judge] = (),
         progress: bool = True,
+        caa: CAAConfig | None = None,
     ):
         self.model = model
         self.records = records
@@ -146,12 +132,33 @@ class TruthfulQAEvaluation:
         self.progress = progress
         self.store = ResultStore(self.out)
         self.splits = question_splits(len(records), config.n_folds, config.val_fraction, config.seed)
-        self._acts: _Activations | None = None
+        self._tuning: torch.Tensor | None = None
         self._prefix: PrefixCache | None = None
+        self.caa = caa or CAAConfig()
+        self._caa: dict[int, ResidualSteerer] = {}
 
     def _identity(self, **fields) -> dict:
-        config = asdict(self.config)
-        return {"task": fields.pop("task"), "model": model_name(self.model), **fields, "config": config}
+        identity = {"task": fields.pop("task"), "model": model_name(self.model), **fields}
+        identity["config"] = asdict(self.config)
+        if fields.get("method") == "caa":
+            identity["caa"] = asdict(self.caa)
+        return identity
+
+    def caa_steerer(self, fold: int) -> ResidualSteerer:
+        """The fold's CAA vector from its train + val probe-bank answers (computed once per fold)."""
+        if fold not in self._caa:
+            split = self.splits[fold]
+            records = [self.records[i] for i in (*split.train, *split.val)]
+            prompts, labels, _ = probe_bank(records)
+            self._caa[fold] = fit_caa(
+                self.model,
+                prompts,
+                torch.from_numpy(labels),
+                self.caa.layer,
+                batch_size=self.config.batch_size,
+                progress=self.progress,
+            )
+        return self._caa[fold]
 
     def steerer(self, fold: int) -> Steerer:
         """The fold's Steerer, loaded from ``steerers/fold{i}`` when present, else fitted and saved there."""
@@ -160,11 +167,22 @@ class TruthfulQAEvaluation:
             return Steerer.load(folder, model=self.model)
         except SteererFormatError:
             pass
-        if self._acts is None:
-            self._acts = _activations(self.model, self.records, self.config)
-        acts, split = self._acts, self.splits[fold]
-        train = np.isin(acts.owners, split.train)
-        val = np.isin(acts.owners, split.val)
+        split = self.splits[fold]
+        # Each fold's probe bank covers only its own train + val questions (the other folds' test sets), so
+        # fitting every fold extracts each question once; the tuning bank is shared by all folds.
+        if self._tuning is None:
+            self._tuning = collect_head_activations(
+                self.model,
+                tuning_prompts(self.records, self.config.seed),
+                batch_size=self.config.batch_size,
+                progress=self.progress,
+            )
+        train_prompts, train_labels, _ = probe_bank([self.records[i] for i in split.train])
+        val_prompts, val_labels, _ = probe_bank([self.records[i] for i in split.val])
+        acts = collect_head_activations(
+            self.model, train_prompts + val_prompts, batch_size=self.config.batch_size, progress=self.progress
+        )
+        n_train = len(train_prompts)
         meta = model_meta(
             self.model,
             self.config.direction,
@@ -175,11 +193,11 @@ class TruthfulQAEvaluation:
             n_val=len(split.val),
         )
         steerer, _ = steerer_from_activations(
-            acts.probe[train],
-            acts.labels[train],
-            acts.probe[val],
-            acts.labels[val],
-            acts.tuning,
+            acts[:n_train],
+            torch.from_numpy(train_labels),
+            acts[n_train:],
+            torch.from_numpy(val_labels),
+            self._tuning,
             meta,
             k=self.config.k,
             backend=self.config.backend,
@@ -210,60 +228,63 @@ class TruthfulQAEvaluation:
     def run_mc(
         self, methods: Sequence[str] = MC_METHODS, protocols: Sequence[str] = ("paper", "question")
     ) -> None:
-        """MC1/MC2/MC3 of each method (and protocol) on each test fold."""
+        """MC1/MC2/MC3 of each method (and protocol) on each test fold; ``caa`` is the CAA baseline."""
         for fold, split in enumerate(self.splits):
-            configs = self.scoring_configs(methods, protocols)
-            keys = {
-                name: row_key(**self._identity(task="truthfulqa-mc", method=name, fold=fold))
-                for name in configs
-            }
-            todo = {name: c for name, c in configs.items() if not self.store.has(keys[name])}
-            if not todo:
-                continue
-            start = time.perf_counter()
-            questions = [self.records[i] for i in self._subset(split.test, self.config.n_mc, salt=1)]
-            refs = [reference_answers(r) for r in questions]
-            contexts = [generation_prompt(r.question) + "\nA:" for r in questions]
-            options = [[" " + a for a in true + false] for true, false, _ in refs]
-            steerer = self.steerer(fold) if any(c.method != "none" for c in todo.values()) else None
-            scored = score_choices_many(
-                self.model,
-                contexts,
-                options,
-                steerer,
-                todo,
-                prefix=self.prefix,
-                batch_size=self.config.batch_size,
-                progress=self.progress,
+            configs = self.scoring_configs([m for m in methods if m != "caa"], protocols)
+            self._run_mc_group(fold, split, configs, lambda fold=fold: self.steerer(fold))
+            if "caa" in methods:
+                caa = {"caa": ScoringConfig(method="iti", alpha=self.caa.multiplier)}
+                self._run_mc_group(fold, split, caa, lambda fold=fold: self.caa_steerer(fold))
+
+    def _run_mc_group(self, fold: int, split, configs: dict[str, ScoringConfig], get_steerer) -> None:
+        keys = {
+            name: row_key(**self._identity(task="truthfulqa-mc", method=name, fold=fold)) for name in configs
+        }
+        todo = {name: c for name, c in configs.items() if not self.store.has(keys[name])}
+        if not todo:
+            return
+        start = time.perf_counter()
+        questions = [self.records[i] for i in self._subset(split.test, self.config.n_mc, salt=1)]
+        refs = [reference_answers(r) for r in questions]
+        contexts = [generation_prompt(r.question) + "\nA:" for r in questions]
+        options = [[" " + a for a in true + false] for true, false, _ in refs]
+        steerer = get_steerer() if any(c.method != "none" for c in todo.values()) else None
+        scored = score_choices_many(
+            self.model,
+            contexts,
+            options,
+            steerer,
+            todo,
+            prefix=self.prefix,
+            batch_size=self.config.batch_size,
+            progress=self.progress,
+        )
+        for name, results in scored.items():
+            per_question = {"mc1": [], "mc2": [], "mc3": []}
+            delta_true, delta_false, steered = [], [], []
+            for (true, false, best), result in zip(refs, results):
+                n_true = len(true)
+                metrics = mc_metrics(result.scores[:n_true].tolist(), result.scores[n_true:].tolist(), best)
+                for metric, value in metrics.items():
+                    per_question[metric].append(value)
+                change = (result.scores - result.unsteered).tolist()
+                delta_true += change[:n_true]
+                delta_false += change[n_true:]
+                steered += result.triggered
+            row = self._identity(task="truthfulqa-mc", method=name, fold=fold)
+            row.update(
+                key=keys[name],
+                n_questions=len(questions),
+                **{metric: float(np.mean(values)) for metric, values in per_question.items()},
+                steered_fraction=float(np.mean(steered)),
+                loglik_change_true=float(np.mean(delta_true)),
+                loglik_change_false=float(np.mean(delta_false)),
+                per_question=per_question,
+                question_ids=[r.id for r in questions],
+                seconds=time.perf_counter() - start,
+                version=__version__,
             )
-            for name, results in scored.items():
-                per_question = {"mc1": [], "mc2": [], "mc3": []}
-                delta_true, delta_false, steered = [], [], []
-                for (true, false, best), result in zip(refs, results):
-                    n_true = len(true)
-                    metrics = mc_metrics(
-                        result.scores[:n_true].tolist(), result.scores[n_true:].tolist(), best
-                    )
-                    for metric, value in metrics.items():
-                        per_question[metric].append(value)
-                    change = (result.scores - result.unsteered).tolist()
-                    delta_true += change[:n_true]
-                    delta_false += change[n_true:]
-                    steered += result.triggered
-                row = self._identity(task="truthfulqa-mc", method=name, fold=fold)
-                row.update(
-                    key=keys[name],
-                    n_questions=len(questions),
-                    **{metric: float(np.mean(values)) for metric, values in per_question.items()},
-                    steered_fraction=float(np.mean(steered)),
-                    loglik_change_true=float(np.mean(delta_true)),
-                    loglik_change_false=float(np.mean(delta_false)),
-                    per_question=per_question,
-                    question_ids=[r.id for r in questions],
-                    seconds=time.perf_counter() - start,
-                    version=__version__,
-                )
-                self.store.add(row)
+            self.store.add(row)
 
     def run_generation(self, methods: Sequence[str] = GENERATION_METHODS) -> None:
         """Greedy answers of each method on each test fold, judged by every judge; answers saved as CSV."""
@@ -275,15 +296,16 @@ class TruthfulQAEvaluation:
                 if self.store.has(key) or not questions:
                     continue
                 start = time.perf_counter()
+                caa = method == "caa"
                 generation = GenerationConfig(
-                    method=method,
-                    alpha=cfg.alpha,
+                    method="iti" if caa else method,
+                    alpha=self.caa.multiplier if caa else cfg.alpha,
                     threshold=cfg.threshold,
                     back_steps=cfg.back_steps,
                     max_new_tokens=cfg.max_new_tokens,
                     history=cfg.history,
                 )
-                steerer = self.steerer(fold) if method != "none" else None
+                steerer = self.caa_steerer(fold) if caa else self.steerer(fold) if method != "none" else None
                 results = generate(
                     self.model,
                     [generation_prompt(r.question) for r in questions],

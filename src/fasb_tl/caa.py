@@ -1,0 +1,96 @@
+"""CAA baseline (Rimsky et al., 2024, "Steering Llama 2 via Contrastive Activation Addition"): one
+residual-stream vector at one layer, ``mean(true) - mean(false)`` of ``blocks.{L}.hook_resid_post`` at the last
+token of the probe prompts, added (times a multiplier) at every steered position.
+
+A :class:`ResidualSteerer` has the hook interface of :class:`fasb_tl.steering.Steerer` (``attach`` with a
+:class:`HookState`), so the decode loop and the scorer use it unchanged with ``method="iti"`` (always steer,
+strength 1): the method is the gating policy, the steerer the intervention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from fasb_tl.activations import Prompt, collect_residual_activations
+from fasb_tl.models import model_name
+from fasb_tl.steering import HookState, ModelMismatchError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+
+@dataclass(frozen=True)
+class CAAConfig:
+    """CAA settings: the layer (None = the middle one) and the multiplier of the vector."""
+
+    layer: int | None = None
+    multiplier: float = 1.0
+
+
+@dataclass
+class ResidualSteerer:
+    """A residual-stream steering vector at ``layer`` for a model of ``n_layers`` x ``d_model``."""
+
+    layer: int
+    vector: Float[Tensor, " d_model"]
+    model_name: str
+    n_layers: int
+
+    def check_model(self, model: TransformerBridge) -> None:
+        """Raise :class:`ModelMismatchError` unless ``model`` has this vector's depth and width."""
+        ours = (self.n_layers, int(self.vector.shape[0]))
+        theirs = (int(model.cfg.n_layers), int(model.cfg.d_model))
+        if ours != theirs:
+            raise ModelMismatchError(
+                f"CAA vector for {self.model_name!r} with (n_layers, d_model) = {ours}, "
+                f"but the model {model_name(model)!r} has {theirs}"
+            )
+
+    def hooks(self, state: HookState) -> list[tuple[str, Any]]:
+        """A hook on ``blocks.{layer}.hook_resid_post`` adding ``state.scale * vector``."""
+
+        def hook(resid: Tensor, hook: Any) -> Tensor:
+            if state.scale is None:
+                return resid
+            scale = state.scale.to(resid.device, resid.dtype)
+            return resid + scale[:, :, None] * self.vector.to(resid.device, resid.dtype)
+
+        return [(f"blocks.{self.layer}.hook_resid_post", hook)]
+
+    @contextmanager
+    def attach(self, model: TransformerBridge, state: HookState) -> Iterator[HookState]:
+        """Install the hook for the duration of the block; removed on every exit path."""
+        self.check_model(model)
+        with model.hooks(fwd_hooks=self.hooks(state)):
+            yield state
+
+
+def fit_caa(
+    model: TransformerBridge,
+    prompts: Sequence[Prompt],
+    labels: Int[Tensor, " n"],
+    layer: int | None = None,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> ResidualSteerer:
+    """The CAA vector from labelled prompts (1 = desired): mean difference of the last-token residual stream
+    after ``layer`` (default: the middle layer, as CAA steers mid-depth layers)."""
+    labels = torch.as_tensor(labels)
+    if not ((labels == 0).any() and (labels == 1).any()):
+        raise ValueError("CAA needs prompts of both labels (1 and 0)")
+    layer = int(model.cfg.n_layers) // 2 if layer is None else layer
+    resid = collect_residual_activations(model, prompts, layer, batch_size=batch_size, progress=progress)
+    vector = resid[labels == 1].mean(0) - resid[labels == 0].mean(0)
+    return ResidualSteerer(
+        layer=layer, vector=vector, model_name=model_name(model), n_layers=int(model.cfg.n_layers)
+    )
