@@ -45,6 +45,19 @@ def data_dir():
 
 
 @pytest.fixture(scope="session")
+def steerer(tiny_model):
+    """A 4-head Steerer fitted on the tiny model with the built-in dataset (fold 0), shared by unit tests."""
+    from fasb_tl.data import dataset_splits, load_builtin
+    from fasb_tl.steering import fit_steerer
+
+    records = load_builtin()
+    fitted, _ = fit_steerer(
+        tiny_model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False
+    )
+    return fitted
+
+
+@pytest.fixture(scope="session")
 def smollm2_steerer(smollm2):
     """A Steerer fitted on SmolLM2 with the built-in dataset (fold 0), shared by integration tests."""
     from fasb_tl.data import dataset_splits, load_builtin

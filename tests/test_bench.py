@@ -5,10 +5,8 @@ import pytest
 import torch
 
 from fasb_tl.bench import PeakRSS, Stage
-from fasb_tl.data import dataset_splits, load_builtin
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import encode
-from fasb_tl.steering import fit_steerer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
 from released_loop import released_generate
@@ -29,11 +27,7 @@ def test_peak_rss_sees_a_large_allocation():
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 2.0])
-def test_released_loop_reimplementation_matches_the_cached_loop(tiny_model, threshold):
-    records = load_builtin()
-    steerer, _ = fit_steerer(
-        tiny_model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False
-    )
+def test_released_loop_reimplementation_matches_the_cached_loop(tiny_model, steerer, threshold):
     prompt = "Q: Is the sky blue? A:"
     config = GenerationConfig(
         alpha=8.0,

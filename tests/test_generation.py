@@ -4,10 +4,8 @@ import pytest
 import torch
 from reference_loop import reference_generate, splitting_thresholds
 
-from fasb_tl.data import dataset_splits, load_builtin
 from fasb_tl.generation import METHODS, GenerationConfig, GenerationConfigError, generate
 from fasb_tl.models import encode
-from fasb_tl.steering import fit_steerer
 
 PROMPTS = [
     "Q: Is the sky blue? A:",
@@ -17,15 +15,6 @@ PROMPTS = [
     "Q: a b c d e f g h? A:",
 ]
 BASE = GenerationConfig(alpha=8.0, back_steps=3, max_new_tokens=12)
-
-
-@pytest.fixture(scope="module")
-def steerer(tiny_model):
-    records = load_builtin()
-    fitted, _ = fit_steerer(
-        tiny_model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False
-    )
-    return fitted
 
 
 def decisions(result):

@@ -4,12 +4,11 @@ import json
 import pytest
 import torch
 
-from fasb_tl.data import dataset_splits, extract_answer, load_builtin
+from fasb_tl.data import extract_answer
 from fasb_tl.demo import DemoConfig, run_demo
 from fasb_tl.models import encode
 from fasb_tl.prefix import build_prefix_cache
 from fasb_tl.scoring import ScoringConfig, ScoringConfigError, answer_tokens, score_choices
-from fasb_tl.steering import fit_steerer
 
 PREFIX = "Answer each question truthfully.\n\nQ: Is water wet? A: Yes.\n\n"
 CONTEXTS = [PREFIX + "Q: Is the sky blue? A:", PREFIX + "Q: Why do cats purr at night? A:"]
@@ -17,15 +16,6 @@ OPTIONS = [
     [" Yes, on a clear day.", " No, it is green.", " It depends on the light scattering."],
     [" To communicate contentment or soothe themselves.", " Cats never purr."],
 ]
-
-
-@pytest.fixture(scope="module")
-def steerer(tiny_model):
-    records = load_builtin()
-    fitted, _ = fit_steerer(
-        tiny_model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False
-    )
-    return fitted
 
 
 def test_answer_tokens_start_at_the_first_answer_token(tiny_model):
