@@ -1,4 +1,8 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -167,3 +171,60 @@ def test_fasb_eval_cli_reruns_without_duplicating(tmp_path, data_dir, capsys):
     assert (tmp_path / "results.jsonl").read_text().splitlines() == first
     assert {json.loads(line)["method"] for line in first} == {"none", "iti"}
     assert "| copa |" in capsys.readouterr().out
+
+
+# Runs in a child process: SIGKILL itself at the chosen atomic write, after the temporary file is written and
+# before the rename, i.e. at the worst moment for the result files.
+KILL_AT_WRITE = """
+import os, signal, sys
+import fasb_tl.evaluation.results as results
+from fasb_tl.cli import main
+
+kill_at, writes, real_replace = int(sys.argv[1]), [], os.replace
+
+def replace_or_die(src, dst):
+    writes.append(dst)
+    if len(writes) == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+
+results.os.replace = replace_or_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_sigkilled_sweep_resumes_to_the_uninterrupted_result(tmp_path, data_dir):
+    args = ["sweep", "--model", "tiny-random-llama", "--task", "copa", "--methods", "none,fasb"]
+    args += [
+        "--n-items",
+        "6",
+        "--n-pool",
+        "10",
+        "--k",
+        "4",
+        "--grid-alpha",
+        "1,5",
+        "--data-dir",
+        str(data_dir),
+    ]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    reference = ResultStore(tmp_path / "straight").rows
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_WRITE, "5", *args, "--out", str(tmp_path / "killed")],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    partial = ResultStore(tmp_path / "killed").rows
+    assert 0 < len(partial) < len(reference)
+    assert main([*args, "--out", str(tmp_path / "killed")]) == 0
+    resumed = ResultStore(tmp_path / "killed").rows
+    assert sorted(r["key"] for r in resumed) == sorted(r["key"] for r in reference)
+    by_key = {r["key"]: r for r in reference}
+    for row in resumed:
+        expected = by_key[row["key"]]
+        assert {k: v for k, v in row.items() if k != "seconds"} == {
+            k: v for k, v in expected.items() if k != "seconds"
+        }

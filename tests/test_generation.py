@@ -125,6 +125,20 @@ def test_threshold_above_one_triggers_at_the_first_check(tiny_model, steerer, ba
         assert len(result.token_ids) == config.max_new_tokens
 
 
+@pytest.mark.parametrize("method", ["fasb", "fixed"])
+def test_a_trigger_at_the_budget_without_backtracking_stays_within_max_new_tokens(
+    tiny_model, steerer, method
+):
+    config = dataclasses.replace(
+        BASE, method=method, threshold=1.5, force_threshold=True, back_steps=0, max_new_tokens=1
+    )
+    for prompt, result in zip(PROMPTS, generate(tiny_model, PROMPTS, steerer, config, progress=False)):
+        assert result.triggered and len(result.token_ids) == 1
+        assert decisions(result) == decisions(
+            reference_generate(tiny_model, encode(tiny_model, prompt), steerer, config)
+        )
+
+
 def test_removed_tokens_never_reach_into_the_prompt(tiny_model, steerer):
     config = dataclasses.replace(BASE, threshold=0.5, back_steps=6)
     for result in generate(tiny_model, PROMPTS, steerer, config, progress=False):

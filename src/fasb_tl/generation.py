@@ -330,6 +330,10 @@ class _Decoder:
             row.result.strength = strength
         row.generated = row.generated[:kept]
         row.result.steered_from = kept
+        if kept >= self.config.max_new_tokens:
+            # A trigger at the budget that removes nothing (back_steps 0) leaves no token to steer.
+            row.done = True
+            return
         last = len(row.prompt) + kept - 1
         batch.drop_last(row, len(row.live) - last)
         row.mode = "steer"
