@@ -26,7 +26,15 @@ from fasb_tl.evaluation.multichoice import MultiChoiceConfig
 from fasb_tl.evaluation.multichoice_data import TASKS
 from fasb_tl.evaluation.results import ResultStore, atomic_write_text
 from fasb_tl.evaluation.runner import EvalPlan, run_plan
-from fasb_tl.evaluation.tables import METHOD_ORDER, multichoice_table, to_markdown, truthfulqa_table
+from fasb_tl.evaluation.tables import (
+    METHOD_ORDER,
+    multichoice_columns,
+    multichoice_table,
+    to_markdown,
+    truthfulqa_columns,
+    truthfulqa_table,
+    uncertainty_table,
+)
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
 from fasb_tl.models import load_model
 
@@ -129,6 +137,17 @@ def trigger_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame({m: {k: float(np.mean(v)) for k, v in e.items()} for m, e in out.items()}).T
 
 
+def loglik_table(rows: list[dict]) -> pd.DataFrame:
+    """Mean change of the gold option's log-likelihood under each method, per six-task task (paper protocol)."""
+    table: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row["task"] in TASKS and "loglik_change_gold" in row and not row["method"].endswith("/question"):
+            method = row["method"].removesuffix("/paper")
+            table.setdefault(method, {})[row["task"]] = row["loglik_change_gold"]
+    frame = pd.DataFrame(table).T
+    return frame.reindex([m for m in METHODS if m in frame.index], columns=[t for t in TASKS if t in frame])
+
+
 def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
     rows = store.rows
     tqa = truthfulqa_table(rows)
@@ -165,20 +184,52 @@ def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
             + ", ".join(missing),
             "",
         ]
-    lines += ["## Table 1: TruthfulQA (%, fold-averaged)", "", to_markdown(tqa), ""]
     lines += [
+        "## Table 1: TruthfulQA (%)",
+        "",
+        to_markdown(uncertainty_table(rows, truthfulqa_columns(rows))),
+        "",
         (
-            "MC uses TruthfulQA's reference answers (CSV) and `MC_calcs`; `paper` = the released code's"
-            " per-candidate protocol (the probe reads each candidate's own text), `question` = one decision"
-            " per question. none / iti / question have no protocol and repeat across both columns."
+            "Each cell: value ± half-width of a 95% bootstrap interval over questions (2000 resamples; both test"
+            " folds pooled, so a value can differ from the fold average below in the last digit). `(ns)`: the"
+            " difference from `none` on the same questions is not significant at 0.05 (paired permutation test,"
+            " 10000 permutations, two-sided, not corrected for the number of comparisons). MC uses TruthfulQA's"
+            " reference answers (CSV) and `MC_calcs`; `paper` = the released code's per-candidate protocol (the"
+            " probe reads each candidate's own text), `question` = one decision per question. none / iti / caa /"
+            " question have no protocol and repeat across both columns."
         ),
+        "",
+        "Fold-averaged point values, as the paper reports them:",
+        "",
+        to_markdown(tqa),
         "",
     ]
     for protocol in ("paper", "question"):
+        with_ci = uncertainty_table(rows, multichoice_columns(protocol))
+        points = multichoice_table(rows, protocol)
+        if "Avg" in points and not with_ci.empty:
+            with_ci["Avg"] = points["Avg"].map(lambda v: f"{v:.1f}")
         lines += [
             f"## Six multiple-choice tasks (accuracy %, {protocol} protocol)",
             "",
-            to_markdown(multichoice_table(rows, protocol)),
+            to_markdown(with_ci),
+            "",
+        ]
+    lines += [
+        "Same conventions as Table 1; `Avg` is the plain average over the six tasks (no interval).",
+        "",
+    ]
+    disruption = loglik_table(rows)
+    if not disruption.empty:
+        lines += [
+            "## Likelihood disruption (six tasks, paper protocol)",
+            "",
+            (
+                "Mean change in the gold option's log-likelihood (nats, summed over its tokens) caused by"
+                " steering; an accuracy gain that comes with a large drop here is disruption, not knowledge:"
+            ),
+            "",
+            to_markdown(disruption, digits=2),
             "",
         ]
     lines += ["## Ablations (Table 3 layout)", "", to_markdown(ablation_table(tqa)), ""]

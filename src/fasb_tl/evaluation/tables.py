@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from fasb_tl.evaluation.multichoice_data import TASKS
+from fasb_tl.evaluation.stats import bootstrap_ci, paired_test
 
 METHOD_ORDER = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
 
@@ -69,6 +72,92 @@ def multichoice_table(rows: list[dict], protocol: str = "paper") -> pd.DataFrame
     return frame
 
 
+@dataclass(frozen=True)
+class Column:
+    """A table column: the product of the means of per-question ``metrics`` of ``task`` (under ``protocol``)."""
+
+    task: str
+    metrics: tuple[str, ...]
+    protocol: str | None = None
+
+
+def truthfulqa_columns(rows: list[dict]) -> dict[str, Column]:
+    """Table 1's columns (as in :func:`truthfulqa_table`) for the judges present in ``rows``."""
+    judges: dict[str, dict] = {}
+    for row in rows:
+        if row["task"] == "truthfulqa-gen":
+            judges.update(row.get("judges", {}))
+    truth = [name for name, j in judges.items() if j["kind"] == "truth"]
+    info = [name for name, j in judges.items() if j["kind"] == "info"]
+    columns = {f"True ({t})": Column("truthfulqa-gen", (t,)) for t in truth}
+    columns |= {f"Info ({i})": Column("truthfulqa-gen", (i,)) for i in info}
+    columns |= {f"True*Info ({t} x {i})": Column("truthfulqa-gen", (t, i)) for t in truth for i in info}
+    for protocol in ("paper", "question"):
+        for metric in ("mc1", "mc2"):
+            columns[f"{metric.upper()} ({protocol})"] = Column("truthfulqa-mc", (metric,), protocol)
+    return columns
+
+
+def multichoice_columns(protocol: str) -> dict[str, Column]:
+    """The six tasks' accuracy columns under ``protocol``."""
+    return {task: Column(task, ("correct",), protocol) for task in TASKS}
+
+
+def per_question(rows: list[dict], task: str, method: str, metric: str) -> dict[str, float]:
+    """``metric`` per question (or item) id of ``method`` on ``task``, pooled over folds."""
+    values = {}
+    for row in rows:
+        if row["task"] != task or row["method"] != method:
+            continue
+        per_item = row.get("per_question", row.get("per_item", {}))
+        ids = row.get("question_ids", row.get("item_ids", []))
+        if metric in per_item:
+            values.update(zip(ids, (float(v) for v in per_item[metric])))
+    return values
+
+
+def _arrays(rows: list[dict], column: Column, method: str, ids: list[str] | None = None):
+    name = method if column.protocol is None else f"{method}/{column.protocol}"
+    found = [per_question(rows, column.task, name, m) for m in column.metrics]
+    if not found[0] and column.protocol is not None:
+        found = [per_question(rows, column.task, method, m) for m in column.metrics]
+    if not all(found):
+        return None, None
+    ids = ids if ids is not None else sorted(set.intersection(*(set(f) for f in found)))
+    if not ids or any(i not in f for f in found for i in ids):
+        return None, None
+    return ids, [[f[i] for i in ids] for f in found]
+
+
+def uncertainty_table(
+    rows: list[dict],
+    columns: Mapping[str, Column],
+    *,
+    baseline: str = "none",
+    level: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cells ``value ± half-width`` (%, 95% bootstrap CI over questions); ``(ns)`` marks a difference from
+    ``baseline`` on the same questions that a paired permutation test does not find at ``level``."""
+    table = {}
+    for method in METHOD_ORDER:
+        line = {}
+        for title, column in columns.items():
+            ids, arrays = _arrays(rows, column, method)
+            if arrays is None:
+                continue
+            interval = bootstrap_ci(*arrays, seed=seed)
+            cell = f"{100 * interval.estimate:.1f} ± {100 * interval.half_width:.1f}"
+            _, reference = _arrays(rows, column, baseline, ids)
+            compared = method != baseline and reference is not None
+            if compared and not paired_test(arrays, reference, seed=seed).significant(level):
+                cell += " (ns)"
+            line[title] = cell
+        if line:
+            table[method] = line
+    return pd.DataFrame(table).T.reindex(columns=list(columns)).dropna(axis=1, how="all")
+
+
 def to_markdown(frame: pd.DataFrame, digits: int = 1) -> str:
     """A GitHub Markdown table (no extra dependency), NaN shown as a dash."""
     if frame.empty:
@@ -77,6 +166,6 @@ def to_markdown(frame: pd.DataFrame, digits: int = 1) -> str:
     rule = "|---|" + "---:|" * len(frame.columns)
     lines = [header, rule]
     for index, row in frame.iterrows():
-        cells = ["-" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
+        cells = ["-" if pd.isna(v) else v if isinstance(v, str) else f"{v:.{digits}f}" for v in row]
         lines.append(f"| {index} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
