@@ -246,6 +246,7 @@ def score_choices_many(
     configs: Mapping[str, ScoringConfig],
     *,
     prefix: PrefixCache | None = None,
+    interventions: Mapping[str, Steerer] | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, list[ChoiceScores]]:
@@ -253,6 +254,8 @@ def score_choices_many(
 
     One unsteered pass (reading p_true at every answer position) is shared by all configs; each config then
     re-scores only the options it steers. ``prefix``, a cached prefix of the contexts, changes speed only.
+    ``interventions`` maps a config name to another Steerer that does the steering for it (e.g. a
+    :func:`~fasb_tl.steering.control_steerer`), while ``steerer``'s probes still make every decision.
     """
     if len(contexts) != len(options):
         raise ValueError(f"got {len(contexts)} contexts for {len(options)} option lists")
@@ -280,18 +283,25 @@ def score_choices_many(
     # Configs that steer the same pairs the same way (e.g. fasb and no_backtrack under the question
     # protocol) share one re-run.
     rescored: dict[tuple, Tensor] = {}
+    interventions = dict(interventions or {})
+    unknown = set(interventions) - set(configs)
+    if unknown:
+        raise ScoringConfigError(
+            f"interventions name configs {sorted(unknown)} that are not in {sorted(configs)}"
+        )
     for name, config in configs.items():
         decisions = _decisions(config, items, base)
         scores = base.scores.clone()
         steered = [i for i, d in enumerate(decisions) if d is not None and config.alpha > 0]
-        signature = (config.alpha, tuple(decisions))
+        acting = interventions.get(name, steerer)
+        signature = (id(acting), config.alpha, tuple(decisions))
         if steered and signature in rescored:
             scores = rescored[signature]
         elif steered:
             rerun = _teacher_forced(
                 model,
                 [items[i] for i in steered],
-                steerer,
+                acting,
                 [(decisions[i][0], config.alpha * decisions[i][1]) for i in steered],
                 False,
                 prefix,

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -283,8 +283,10 @@ def _validate(tensors: dict[str, Tensor], meta: SteererMeta) -> None:
         )
     if len({tuple(h) for h in heads.tolist()}) != k:
         raise SteererFormatError("heads lists a (layer, head) twice")
-    if meta.direction not in DIRECTION_KINDS:
-        raise SteererFormatError(f"direction {meta.direction!r} is not one of {DIRECTION_KINDS}")
+    if meta.direction.removeprefix("reversed-") not in DIRECTION_KINDS:
+        raise SteererFormatError(
+            f"direction {meta.direction!r} is not one of {DIRECTION_KINDS} (or 'reversed-' + one of them)"
+        )
 
 
 def _unit(vectors: Float[Tensor, "k d"]) -> Float[Tensor, "k d"]:
@@ -313,6 +315,35 @@ def head_directions(
         generator = torch.Generator().manual_seed(seed)
         return _unit(torch.randn(probe_weights.shape, generator=generator))
     raise ProbeError(f"unknown direction kind {kind!r}: expected one of {DIRECTION_KINDS}")
+
+
+ControlKind = Literal["reversed", "random"]
+CONTROL_KINDS = ("reversed", "random")
+
+
+def control_steerer(steerer: Steerer, kind: ControlKind, seed: int = 0) -> Steerer:
+    """The same heads, probes (so the same gating) and per-head sigmas, steering along a control direction:
+    the reversed direction, or a seeded random unit direction per head.
+
+    A method that gains as much with a control as with its real direction is not steering towards truth
+    (the change comes from disturbing the heads, not from the direction).
+    """
+    if kind == "reversed":
+        directions, label = -steerer.directions, f"reversed-{steerer.meta.direction}"
+    elif kind == "random":
+        generator = torch.Generator().manual_seed(seed)
+        directions, label = _unit(torch.randn(steerer.directions.shape, generator=generator)), "random"
+    else:
+        raise ProbeError(f"unknown control {kind!r}: expected one of {CONTROL_KINDS}")
+    return Steerer(
+        heads=steerer.heads.clone(),
+        directions=directions.to(steerer.directions.dtype),
+        sigmas=steerer.sigmas.clone(),
+        probe_weights=steerer.probe_weights.clone(),
+        probe_bias=steerer.probe_bias.clone(),
+        val_accuracy=steerer.val_accuracy.clone(),
+        meta=replace(steerer.meta, direction=label),
+    )
 
 
 def projection_std(
