@@ -16,6 +16,7 @@ import argparse
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from fasb_tl.evaluation.results import ResultStore, atomic_write_text
 from fasb_tl.evaluation.runner import EvalPlan, run_plan
 from fasb_tl.evaluation.tables import (
     METHOD_ORDER,
+    Column,
     multichoice_columns,
     multichoice_table,
     to_markdown,
@@ -36,6 +38,7 @@ from fasb_tl.evaluation.tables import (
     uncertainty_table,
 )
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
+from fasb_tl.evaluation.variants import CONTROLLED_METHODS, GATED_METHODS, row_variant
 from fasb_tl.models import load_model
 
 METHODS = METHOD_ORDER
@@ -63,12 +66,17 @@ def plans(args: argparse.Namespace) -> list[EvalPlan]:
     tqa = TruthfulQAConfig(**steering, n_mc=args.n_mc, n_generation=args.n_gen)
     mc = MultiChoiceConfig(**steering, n_eval=args.n_items, n_pool=args.n_pool)
     common = {"methods": METHODS, "truthfulqa": tqa, "multichoice": mc}
-    # Cheapest first, so an interrupted run still has whole tables: the six tasks, TruthfulQA MC, generation.
-    return [
+    variants = {"controls": args.controls, "n_random": args.n_random, "thresholds": args.thresholds}
+    # Cheapest first, so an interrupted run still has whole tables: the six tasks, TruthfulQA MC, generation;
+    # then the same again with the controls and the calibrated threshold (the plain rows are skipped there).
+    main = [
         EvalPlan(tasks=list(TASKS), **common),
         EvalPlan(tasks=["truthfulqa"], generation=False, **common),
         EvalPlan(tasks=["truthfulqa"], mc=False, **common),
     ]
+    if not args.controls and args.thresholds == ["fixed"]:
+        return main
+    return main + [replace(plan, **variants) for plan in main]
 
 
 def ablation_table(tqa: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +96,7 @@ def ablation_table(tqa: pd.DataFrame) -> pd.DataFrame:
 
 
 def missing_rows(rows: list[dict]) -> list[str]:
-    present = {(r["task"], r["method"]) for r in rows}
+    present = {(r["task"], r["method"]) for r in rows if not row_variant(r)}
     expected = []
     for task in ["truthfulqa-mc", *TASKS]:
         for method in METHODS:
@@ -126,7 +134,7 @@ def trigger_table(rows: list[dict]) -> pd.DataFrame:
     """How often each method steered and what it did to answer likelihoods (TruthfulQA MC, fold-averaged)."""
     out = {}
     for row in rows:
-        if row["task"] != "truthfulqa-mc":
+        if row["task"] != "truthfulqa-mc" or row_variant(row):
             continue
         entry = out.setdefault(
             row["method"], {"steered options (%)": [], "Δ loglik true": [], "Δ loglik false": []}
@@ -141,17 +149,71 @@ def loglik_table(rows: list[dict]) -> pd.DataFrame:
     """Mean change of the gold option's log-likelihood under each method, per six-task task (paper protocol)."""
     table: dict[str, dict[str, float]] = {}
     for row in rows:
-        if row["task"] in TASKS and "loglik_change_gold" in row and not row["method"].endswith("/question"):
+        plain = not row_variant(row) and not row["method"].endswith("/question")
+        if row["task"] in TASKS and "loglik_change_gold" in row and plain:
             method = row["method"].removesuffix("/paper")
             table.setdefault(method, {})[row["task"]] = row["loglik_change_gold"]
     frame = pd.DataFrame(table).T
     return frame.reindex([m for m in METHODS if m in frame.index], columns=[t for t in TASKS if t in frame])
 
 
+def controls_table(rows: list[dict]) -> pd.DataFrame:
+    """Each steering method with its real direction next to the reversed and random-direction controls."""
+    columns = {
+        "MC2 (paper)": Column("truthfulqa-mc", ("mc2",), "paper"),
+        "MC2 (question)": Column("truthfulqa-mc", ("mc2",), "question"),
+    }
+    columns |= {k: v for k, v in truthfulqa_columns(rows).items() if k.startswith("True*Info")}
+    parts = []
+    for label, name in (("", "real"), ("reversed", "reversed"), ("random", "random")):
+        frame = uncertainty_table(rows, columns, variant=label)
+        frame = frame.loc[[m for m in CONTROLLED_METHODS if m in frame.index]]
+        averages = multichoice_table(rows, "paper", label).get("Avg", pd.Series(dtype=float))
+        frame["six-task Avg (paper)"] = [f"{averages[m]:.1f}" if m in averages else "-" for m in frame.index]
+        frame.index = [f"{m} ({name})" for m in frame.index]
+        parts.append(frame)
+    frame = pd.concat(parts)
+    order = [f"{m} ({n})" for m in CONTROLLED_METHODS for n in ("real", "reversed", "random")]
+    return frame.loc[[i for i in order if i in frame.index]]
+
+
+def calibration_lines(rows: list[dict]) -> list[str]:
+    """Per fold: the calibrated threshold and its trigger rates on held-out true and false answers."""
+    seen = {}
+    for row in rows:
+        if row.get("threshold_mode") == "calibrated" and "calibration" in row:
+            seen[row["fold"]] = row["calibration"]
+    return [
+        f"- fold {fold}: threshold {c['threshold']:.3f} (balanced accuracy {c['balanced_accuracy']:.3f}); it"
+        f" triggers on {100 * c['trigger_rate_true']:.1f}% of {c['n_true']} true and"
+        f" {100 * c['trigger_rate_false']:.1f}% of {c['n_false']} false held-out answers"
+        for fold, c in sorted(seen.items())
+    ]
+
+
+def thresholds_table(rows: list[dict]) -> pd.DataFrame:
+    """The gated methods at the fixed threshold next to the calibrated one (TruthfulQA)."""
+    columns = {k: v for k, v in truthfulqa_columns(rows).items() if not k.startswith(("True (", "Info ("))}
+    parts = []
+    for label, name in (("", "fixed"), ("calibrated", "calibrated")):
+        frame = uncertainty_table(rows, columns, variant=label)
+        frame = frame.loc[[m for m in GATED_METHODS if m in frame.index]]
+        gen: dict[str, list[float]] = {}
+        for r in rows:
+            if r["task"] == "truthfulqa-gen" and row_variant(r) == label:
+                gen.setdefault(r["method"], []).append(100 * r["trigger_rate"])
+        frame["answers triggered (%)"] = [f"{np.mean(gen[m]):.1f}" if m in gen else "-" for m in frame.index]
+        frame.index = [f"{m} ({name})" for m in frame.index]
+        parts.append(frame)
+    frame = pd.concat(parts)
+    order = [f"{m} ({n})" for m in GATED_METHODS for n in ("fixed", "calibrated")]
+    return frame.loc[[i for i in order if i in frame.index]]
+
+
 def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
     rows = store.rows
     tqa = truthfulqa_table(rows)
-    gen_rows = [r for r in rows if r["task"] == "truthfulqa-gen"]
+    gen_rows = [r for r in rows if r["task"] == "truthfulqa-gen" and not row_variant(r)]
     triggers = {r["method"]: [] for r in gen_rows}
     for r in gen_rows:
         triggers[r["method"]].append(100 * r["trigger_rate"])
@@ -233,6 +295,36 @@ def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
             "",
         ]
     lines += ["## Ablations (Table 3 layout)", "", to_markdown(ablation_table(tqa)), ""]
+    lines += ["## Controls: the same steering along the reversed and random directions", ""]
+    if any(row_variant(r) in ("reversed", "random") for r in rows):
+        lines += [
+            to_markdown(controls_table(rows)),
+            "",
+            (
+                "Same heads, strengths and gating (the probes decide as before); only the direction added to"
+                " each head changes: reversed, or a random unit vector (seeded, averaged over the seeds)."
+                " `(ns)` compares with `none`. A method whose controls gain as much as its real direction is"
+                " not moving the model towards truth."
+            ),
+            "",
+        ]
+    else:
+        lines += ["_Not computed yet: rerun the command (the controls run after the main tables)._", ""]
+    lines += ["## Threshold: the paper's fixed value vs one calibrated on held-out answers", ""]
+    if any(row_variant(r) == "calibrated" for r in rows):
+        lines += [
+            (
+                "Calibrated per fold on the validation questions' reference answers replayed in the generation"
+                " format (prefix + question + answer so far), maximising the detector's balanced accuracy:"
+            ),
+            "",
+            *calibration_lines(rows),
+            "",
+            to_markdown(thresholds_table(rows)),
+            "",
+        ]
+    else:
+        lines += ["_Not computed yet: rerun the command (the calibrated threshold runs last)._", ""]
     if triggers:
         lines += [
             "## How often steering happened",
@@ -271,8 +363,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-gen", type=int, default=200)
     parser.add_argument("--n-items", type=int, default=200)
     parser.add_argument("--n-pool", type=int, default=300)
+    parser.add_argument(
+        "--controls",
+        default="reversed,random",
+        help="direction controls beside every steering method ('' for none)",
+    )
+    parser.add_argument("--n-random", type=int, default=3, help="seeds of the random-direction control")
+    parser.add_argument(
+        "--thresholds", default="fixed,calibrated", help="'fixed' and/or 'calibrated' (TruthfulQA only)"
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
+    args.controls = [c for c in args.controls.split(",") if c]
+    args.thresholds = [t for t in args.thresholds.split(",") if t]
     args.out = args.out or f"results/{args.model}"
     args.report = args.report or f"results/{args.model}.md"
     shown = [a for a in (argv or sys.argv[1:]) if a != "--report-only"]

@@ -1,8 +1,10 @@
+import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +14,17 @@ from fasb_tl.data import load_truthfulqa
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
 from fasb_tl.evaluation.results import ResultStore, row_key
 from fasb_tl.evaluation.runner import EvalPlan, sweep_plans
-from fasb_tl.evaluation.tables import multichoice_table, truthfulqa_table
+from fasb_tl.evaluation.tables import Column, multichoice_table, truthfulqa_table, uncertainty_table
 from fasb_tl.evaluation.truthfulqa import (
     TruthfulQAConfig,
     TruthfulQAEvaluation,
     mc_metrics,
     reference_answers,
 )
+from fasb_tl.evaluation.variants import plan_variants, row_variant
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+import reproduce_tables
 
 TINY_TQA = TruthfulQAConfig(k=4, alpha=5.0, back_steps=2, max_new_tokens=4, n_mc=8, n_generation=6)
 
@@ -228,3 +234,66 @@ def test_a_sigkilled_sweep_resumes_to_the_uninterrupted_result(tmp_path, data_di
         assert {k: v for k, v in row.items() if k != "seconds"} == {
             k: v for k, v in expected.items() if k != "seconds"
         }
+
+
+def test_controls_and_calibrated_variants_sit_beside_the_plain_rows(
+    tiny_model, truthfulqa, tmp_path, data_dir
+):
+    plain_only = run_tqa(tiny_model, truthfulqa, tmp_path / "plain", methods=("none", "iti", "fasb"))
+    evaluation = TruthfulQAEvaluation(tiny_model, truthfulqa, TINY_TQA, tmp_path / "all", progress=False)
+    variants = plan_variants(["reversed", "random"], n_random=2, thresholds=["fixed", "calibrated"])
+    evaluation.run_mc(("none", "iti", "fasb"), variants=variants)
+    evaluation.run_generation(("none", "iti", "fasb"), variants=variants)
+    rows = ResultStore(tmp_path / "all").rows
+    # The plain rows keep the keys (and values) they have without variants.
+    plain = {r["key"]: r for r in rows if not row_variant(r)}
+    assert set(plain) == {r["key"] for r in plain_only}
+    for row in plain_only:
+        assert row.get("mc2") == plain[row["key"]].get("mc2")
+    labels = {(r["task"], r["method"], row_variant(r), r.get("control_seed"), r["fold"]) for r in rows}
+    assert ("truthfulqa-mc", "fasb/paper", "random", 1, 0) in labels
+    assert ("truthfulqa-gen", "iti", "reversed", None, 1) in labels
+    assert ("truthfulqa-mc", "iti", "calibrated", None, 0) not in labels  # iti has no threshold
+    assert not any(r["method"] == "none" and row_variant(r) for r in rows)
+    calibrated = [r for r in rows if row_variant(r) == "calibrated"]
+    assert calibrated and all(r["threshold_used"] == r["calibration"]["threshold"] for r in calibrated)
+    assert len({r["key"] for r in rows}) == len(rows)
+    # Controls change the steered scores but not the gating.
+    fasb = {
+        (row_variant(r), r.get("control_seed"), r["fold"]): r for r in rows if r["method"] == "fasb/paper"
+    }
+    assert fasb[("reversed", None, 0)]["steered_fraction"] == fasb[("", None, 0)]["steered_fraction"]
+    assert fasb[("reversed", None, 0)]["per_question"] != fasb[("", None, 0)]["per_question"]
+    # Tables select one variant at a time; random seeds are averaged.
+    random_mc2 = truthfulqa_table(rows, "random").loc["fasb", "MC2 (paper)"]
+    seeds = [r["mc2"] for r in rows if r["method"] == "fasb/paper" and row_variant(r) == "random"]
+    assert random_mc2 == pytest.approx(100 * np.mean(seeds))
+    assert truthfulqa_table(rows).loc["fasb", "MC2 (paper)"] == pytest.approx(
+        100 * np.mean([plain[k]["mc2"] for k in plain if plain[k]["method"] == "fasb/paper"])
+    )
+    frame = uncertainty_table(rows, {"mc2": Column("truthfulqa-mc", ("mc2",), "paper")}, variant="reversed")
+    assert list(frame.index) == ["iti", "fasb"]
+    report = reproduce_tables.write_report(
+        argparse.Namespace(model="tiny", command="test", report=tmp_path / "report.md"),
+        ResultStore(tmp_path / "all"),
+    ).read_text()
+    assert "fasb (reversed)" in report and "fasb (calibrated)" in report and "Not computed" not in report
+    assert "- fold 1: threshold" in report
+
+
+def test_multichoice_controls_and_plan_validation(tiny_model, tmp_path, data_dir):
+    config = MultiChoiceConfig(n_pool=12, n_eval=8, k=4, alpha=5.0)
+    evaluation = MultiChoiceEvaluation(tiny_model, "copa", config, tmp_path, str(data_dir), progress=False)
+    evaluation.run(
+        ("none", "iti"), ("paper",), plan_variants(["reversed"], thresholds=["fixed", "calibrated"])
+    )
+    rows = ResultStore(tmp_path).rows
+    assert sorted((r["method"], row_variant(r)) for r in rows) == [
+        ("iti", ""),
+        ("iti", "reversed"),
+        ("none", ""),
+    ]
+    with pytest.raises(ValueError, match="unknown control"):
+        EvalPlan(tasks=["copa"], methods=["iti"], controls=["sideways"])
+    with pytest.raises(ValueError, match="threshold mode"):
+        EvalPlan(tasks=["copa"], methods=["iti"], thresholds=["adaptive"])

@@ -111,6 +111,9 @@ def _plan(args: argparse.Namespace):
         judges=_split(args.judges),
         generation=not args.no_generation,
         mc=not args.no_mc,
+        controls=_split(args.controls),
+        n_random=args.n_random,
+        thresholds=_split(args.thresholds),
     )
 
 
@@ -195,6 +198,18 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-generation", action="store_true", help="skip TruthfulQA generation")
     parser.add_argument("--no-mc", action="store_true", help="skip TruthfulQA multiple choice")
+    parser.add_argument(
+        "--controls",
+        default="",
+        help="comma-separated direction controls run beside every steering method: reversed, random",
+    )
+    parser.add_argument("--n-random", type=int, default=3, help="seeds of the random-direction control")
+    parser.add_argument(
+        "--thresholds",
+        default="fixed",
+        help="fixed (the --threshold value) and/or calibrated (per fold, on held-out answers in the "
+        "generation format; TruthfulQA only)",
+    )
     parser.add_argument("--out", default="runs/eval")
 
 

@@ -24,9 +24,16 @@ from fasb_tl.activations import collect_head_activations
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.evaluation.multichoice_data import ChoiceRecord, load_task, sample
 from fasb_tl.evaluation.results import ResultStore, row_key
+from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.models import model_name
 from fasb_tl.scoring import ScoringConfig, named_configs, score_choices_many
-from fasb_tl.steering import Steerer, SteererFormatError, model_meta, steerer_from_activations
+from fasb_tl.steering import (
+    Steerer,
+    SteererFormatError,
+    control_steerer,
+    model_meta,
+    steerer_from_activations,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -84,8 +91,13 @@ class MultiChoiceEvaluation:
         self.store = ResultStore(self.out)
         self.caa = caa or CAAConfig()
 
-    def _identity(self, method: str) -> dict:
-        identity = {"task": self.task, "model": model_name(self.model), "method": method}
+    def _identity(self, method: str, variant: Variant = PLAIN) -> dict:
+        identity = {
+            "task": self.task,
+            "model": model_name(self.model),
+            "method": method,
+            **variant.identity(),
+        }
         identity["config"] = asdict(self.config)
         if method == "caa":
             identity["caa"] = asdict(self.caa)
@@ -150,37 +162,58 @@ class MultiChoiceEvaluation:
         )
 
     def run(
-        self, methods: Sequence[str] = MC_TASK_METHODS, protocols: Sequence[str] = ("paper", "question")
+        self,
+        methods: Sequence[str] = MC_TASK_METHODS,
+        protocols: Sequence[str] = ("paper", "question"),
+        variants: Sequence[Variant] = (PLAIN,),
     ) -> None:
-        """Accuracy of each method on the task's evaluation sample (``caa``: the CAA baseline); finished rows
-        are skipped."""
-        self._run_group(self.configs([m for m in methods if m != "caa"], protocols), self.steerer)
+        """Accuracy of each method (and control variant) on the task's evaluation sample (``caa``: the CAA
+        baseline); finished rows are skipped. The calibrated-threshold variant is TruthfulQA-only (these
+        tasks have no generation format to calibrate in) and is ignored here."""
+        entries = []
+        for variant in variants:
+            if variant.calibrated:
+                continue
+            steering = [m for m in methods if m != "caa" and variant.applies_to(m)]
+            entries += [(name, variant, c) for name, c in self.configs(steering, protocols).items()]
+        self._run_group(entries, self.steerer)
         if "caa" in methods:
-            self._run_group({"caa": ScoringConfig(method="iti", alpha=self.caa.multiplier)}, self.caa_steerer)
+            caa = ScoringConfig(method="iti", alpha=self.caa.multiplier)
+            self._run_group([("caa", PLAIN, caa)], self.caa_steerer)
 
-    def _run_group(self, configs: dict[str, ScoringConfig], get_steerer) -> None:
-        keys = {name: row_key(**self._identity(name)) for name in configs}
-        todo = {name: c for name, c in configs.items() if not self.store.has(keys[name])}
+    def _run_group(self, entries, get_steerer) -> None:
+        todo = {}
+        for name, variant, config in entries:
+            key = row_key(**self._identity(name, variant))
+            if not self.store.has(key):
+                todo[name + variant.suffix()] = (name, variant, config, key)
         if not todo:
             return
         start = time.perf_counter()
         items = sample(load_task(self.task, "eval", self.data_dir), self.config.n_eval, self.config.seed)
-        steerer = get_steerer() if any(c.method != "none" for c in todo.values()) else None
+        steerer = get_steerer() if any(c.method != "none" for _, _, c, _ in todo.values()) else None
+        interventions = {
+            tag: control_steerer(steerer, variant.control, variant.seed)
+            for tag, (_, variant, _, _) in todo.items()
+            if variant.control is not None
+        }
         scored = score_choices_many(
             self.model,
             [r.context for r in items],
             [list(r.options) for r in items],
             steerer,
-            todo,
+            {tag: config for tag, (_, _, config, _) in todo.items()},
+            interventions=interventions,
             batch_size=self.config.batch_size,
             progress=self.progress,
         )
-        for name, results in scored.items():
+        for tag, results in scored.items():
+            name, variant, _, key = todo[tag]
             correct = [float(int(r.scores.argmax()) == item.gold) for r, item in zip(results, items)]
             baseline = [float(int(r.unsteered.argmax()) == item.gold) for r, item in zip(results, items)]
-            row = self._identity(name)
+            row = self._identity(name, variant)
             row.update(
-                key=keys[name],
+                key=key,
                 n_items=len(items),
                 accuracy=float(np.mean(correct)),
                 unsteered_accuracy=float(np.mean(baseline)),

@@ -14,6 +14,7 @@ from fasb_tl.evaluation.judges import DEFAULT_JUDGES, make_judges
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAEvaluation
+from fasb_tl.evaluation.variants import Variant, plan_variants
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -35,12 +36,21 @@ class EvalPlan:
     judges: Sequence[str] = DEFAULT_JUDGES
     generation: bool = True
     mc: bool = True
+    controls: Sequence[str] = ()
+    n_random: int = 3
+    thresholds: Sequence[str] = ("fixed",)
 
     def __post_init__(self) -> None:
         known = (*ALL_TASKS, *ALTERNATIVE_TASKS)
         unknown = [t for t in self.tasks if t not in known]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}: expected some of {known} or 'all'")
+        plan_variants(self.controls, self.n_random, self.thresholds)  # bad values fail now, not hours later
+
+    @property
+    def variants(self) -> list[Variant]:
+        """The plain methods plus the requested controls and threshold modes."""
+        return plan_variants(self.controls, self.n_random, self.thresholds)
 
 
 def run_plan(
@@ -63,12 +73,12 @@ def run_plan(
                 plan.caa,
             )
             if plan.mc:
-                evaluation.run_mc(plan.methods, plan.protocols)
+                evaluation.run_mc(plan.methods, plan.protocols, plan.variants)
             if plan.generation:
-                evaluation.run_generation(plan.methods)
+                evaluation.run_generation(plan.methods, plan.variants)
         else:
             MultiChoiceEvaluation(model, task, plan.multichoice, out, data_dir, progress, plan.caa).run(
-                plan.methods, plan.protocols
+                plan.methods, plan.protocols, plan.variants
             )
 
 

@@ -11,14 +11,16 @@ import pandas as pd
 
 from fasb_tl.evaluation.multichoice_data import TASKS
 from fasb_tl.evaluation.stats import bootstrap_ci, paired_test
+from fasb_tl.evaluation.variants import row_variant
 
 METHOD_ORDER = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
 
 
-def _fold_mean(rows: list[dict], task: str, metric: str) -> dict[str, float]:
+def _fold_mean(rows: list[dict], task: str, metric: str, variant: str = "") -> dict[str, float]:
+    """Mean of ``metric`` over the rows of each method (folds, and the seeds of a random control)."""
     values: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        if row["task"] == task and metric in row:
+        if row["task"] == task and metric in row and row_variant(row) == variant:
             values[row["method"]].append(row[metric])
     return {method: float(np.mean(v)) for method, v in values.items()}
 
@@ -28,8 +30,10 @@ def _mc_value(mc: dict[str, float], method: str, protocol: str) -> float:
     return mc.get(f"{method}/{protocol}", mc.get(method, np.nan))
 
 
-def truthfulqa_table(rows: list[dict]) -> pd.DataFrame:
-    """Table 1: True, Info, True*Info (per truth judge) and MC1/MC2 (per protocol), fold-averaged, in %."""
+def truthfulqa_table(rows: list[dict], variant: str = "") -> pd.DataFrame:
+    """Table 1: True, Info, True*Info (per truth judge) and MC1/MC2 (per protocol), fold-averaged, in %.
+
+    ``variant`` selects a control (``reversed``, ``random``) or ``calibrated`` instead of the plain methods."""
     judges: dict[str, dict] = {}
     for row in rows:
         if row["task"] == "truthfulqa-gen":
@@ -37,8 +41,8 @@ def truthfulqa_table(rows: list[dict]) -> pd.DataFrame:
     truth = [name for name, j in judges.items() if j["kind"] == "truth"]
     info = [name for name, j in judges.items() if j["kind"] == "info"]
     table = {}
-    mc = {metric: _fold_mean(rows, "truthfulqa-mc", metric) for metric in ("mc1", "mc2")}
-    generated = {name: _fold_mean(rows, "truthfulqa-gen", name) for name in truth + info}
+    mc = {metric: _fold_mean(rows, "truthfulqa-mc", metric, variant) for metric in ("mc1", "mc2")}
+    generated = {name: _fold_mean(rows, "truthfulqa-gen", name, variant) for name in truth + info}
     for method in METHOD_ORDER:
         line = {}
         for name in truth:
@@ -56,13 +60,13 @@ def truthfulqa_table(rows: list[dict]) -> pd.DataFrame:
     return frame.dropna(how="all")
 
 
-def multichoice_table(rows: list[dict], protocol: str = "paper") -> pd.DataFrame:
-    """Six-task accuracy (%) per method under ``protocol``, with the average over the tasks present."""
+def multichoice_table(rows: list[dict], protocol: str = "paper", variant: str = "") -> pd.DataFrame:
+    """Six-task accuracy (%) per method under ``protocol`` (and ``variant``), with the average over tasks."""
     table = {}
     for method in METHOD_ORDER:
         line = {}
         for task in TASKS:
-            values = _fold_mean(rows, task, "accuracy")
+            values = _fold_mean(rows, task, "accuracy", variant)
             line[task] = _mc_value(values, method, protocol)
         table[method] = line
     frame = pd.DataFrame(table).T * 100
@@ -103,24 +107,28 @@ def multichoice_columns(protocol: str) -> dict[str, Column]:
     return {task: Column(task, ("correct",), protocol) for task in TASKS}
 
 
-def per_question(rows: list[dict], task: str, method: str, metric: str) -> dict[str, float]:
-    """``metric`` per question (or item) id of ``method`` on ``task``, pooled over folds."""
-    values = {}
+def per_question(
+    rows: list[dict], task: str, method: str, metric: str, variant: str = ""
+) -> dict[str, float]:
+    """``metric`` per question (or item) id of ``method`` on ``task``, pooled over folds and averaged over the
+    seeds of a random control."""
+    values: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        if row["task"] != task or row["method"] != method:
+        if row["task"] != task or row["method"] != method or row_variant(row) != variant:
             continue
         per_item = row.get("per_question", row.get("per_item", {}))
         ids = row.get("question_ids", row.get("item_ids", []))
         if metric in per_item:
-            values.update(zip(ids, (float(v) for v in per_item[metric])))
-    return values
+            for question, value in zip(ids, per_item[metric]):
+                values[question].append(float(value))
+    return {question: float(np.mean(v)) for question, v in values.items()}
 
 
-def _arrays(rows: list[dict], column: Column, method: str, ids: list[str] | None = None):
+def _arrays(rows: list[dict], column: Column, method: str, ids: list[str] | None = None, variant: str = ""):
     name = method if column.protocol is None else f"{method}/{column.protocol}"
-    found = [per_question(rows, column.task, name, m) for m in column.metrics]
+    found = [per_question(rows, column.task, name, m, variant) for m in column.metrics]
     if not found[0] and column.protocol is not None:
-        found = [per_question(rows, column.task, method, m) for m in column.metrics]
+        found = [per_question(rows, column.task, method, m, variant) for m in column.metrics]
     if not all(found):
         return None, None
     ids = ids if ids is not None else sorted(set.intersection(*(set(f) for f in found)))
@@ -134,22 +142,24 @@ def uncertainty_table(
     columns: Mapping[str, Column],
     *,
     baseline: str = "none",
+    variant: str = "",
     level: float = 0.05,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Cells ``value ± half-width`` (%, 95% bootstrap CI over questions); ``(ns)`` marks a difference from
-    ``baseline`` on the same questions that a paired permutation test does not find at ``level``."""
+    ``baseline`` (the plain, unsteered method) on the same questions that a paired permutation test does not
+    find at ``level``. ``variant`` selects a control or the calibrated threshold."""
     table = {}
     for method in METHOD_ORDER:
         line = {}
         for title, column in columns.items():
-            ids, arrays = _arrays(rows, column, method)
+            ids, arrays = _arrays(rows, column, method, variant=variant)
             if arrays is None:
                 continue
             interval = bootstrap_ci(*arrays, seed=seed)
             cell = f"{100 * interval.estimate:.1f} ± {100 * interval.half_width:.1f}"
             _, reference = _arrays(rows, column, baseline, ids)
-            compared = method != baseline and reference is not None
+            compared = (method != baseline or variant) and reference is not None
             if compared and not paired_test(arrays, reference, seed=seed).significant(level):
                 cell += " (ns)"
             line[title] = cell

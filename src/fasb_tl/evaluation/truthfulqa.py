@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from fasb_tl import __version__
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
+from fasb_tl.calibration import ThresholdCalibration, calibrate_threshold, generation_format_scores
 from fasb_tl.data import (
     QARecord,
     extract_answer,
@@ -36,11 +38,18 @@ from fasb_tl.data import (
 from fasb_tl.data.prompts import tuning_bank
 from fasb_tl.evaluation.judges import Judge, accept
 from fasb_tl.evaluation.results import ResultStore, atomic_write_text, row_key
+from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import model_name
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
 from fasb_tl.scoring import ScoringConfig, named_configs, score_choices_many
-from fasb_tl.steering import Steerer, SteererFormatError, model_meta, steerer_from_activations
+from fasb_tl.steering import (
+    Steerer,
+    SteererFormatError,
+    control_steerer,
+    model_meta,
+    steerer_from_activations,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -136,6 +145,7 @@ class TruthfulQAEvaluation:
         self._prefix: PrefixCache | None = None
         self.caa = caa or CAAConfig()
         self._caa: dict[int, ResidualSteerer] = {}
+        self._calibration: dict[int, ThresholdCalibration] = {}
 
     def _identity(self, **fields) -> dict:
         identity = {"task": fields.pop("task"), "model": model_name(self.model), **fields}
@@ -160,9 +170,41 @@ class TruthfulQAEvaluation:
             )
         return self._caa[fold]
 
+    def _steerer_folder(self, fold: int) -> Path:
+        return self.out / "steerers" / f"fold{fold}-{self.config.direction}-k{self.config.k}"
+
+    def steering_for(self, fold: int, variant: Variant) -> Steerer:
+        """The Steerer that steers under ``variant``: the fold's own, or a control with the same probes."""
+        steerer = self.steerer(fold)
+        return steerer if variant.control is None else control_steerer(steerer, variant.control, variant.seed)
+
+    def calibration(self, fold: int) -> ThresholdCalibration:
+        """The fold's threshold calibrated on its validation questions in the generation format (balanced
+        accuracy), stored next to the Steerer so reruns reuse it."""
+        if fold in self._calibration:
+            return self._calibration[fold]
+        path = self._steerer_folder(fold) / f"calibration-back{self.config.back_steps}.json"
+        if path.is_file():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            stored.pop("balanced_accuracy", None)
+            calibration = ThresholdCalibration(**stored)
+        else:
+            scores, labels = generation_format_scores(
+                self.model,
+                self.steerer(fold),
+                [self.records[i] for i in self.splits[fold].val],
+                back_steps=self.config.back_steps,
+                batch_size=self.config.generation_batch_size,
+                progress=self.progress,
+            )
+            calibration = calibrate_threshold(scores, labels)
+            atomic_write_text(path, json.dumps(calibration.to_dict(), indent=2))
+        self._calibration[fold] = calibration
+        return calibration
+
     def steerer(self, fold: int) -> Steerer:
         """The fold's Steerer, loaded from ``steerers/fold{i}`` when present, else fitted and saved there."""
-        folder = self.out / "steerers" / f"fold{fold}-{self.config.direction}-k{self.config.k}"
+        folder = self._steerer_folder(fold)
         try:
             return Steerer.load(folder, model=self.model)
         except SteererFormatError:
@@ -226,21 +268,36 @@ class TruthfulQAEvaluation:
         return named_configs(methods, protocols, cfg.alpha, cfg.threshold, cfg.back_steps)
 
     def run_mc(
-        self, methods: Sequence[str] = MC_METHODS, protocols: Sequence[str] = ("paper", "question")
+        self,
+        methods: Sequence[str] = MC_METHODS,
+        protocols: Sequence[str] = ("paper", "question"),
+        variants: Sequence[Variant] = (PLAIN,),
     ) -> None:
-        """MC1/MC2/MC3 of each method (and protocol) on each test fold; ``caa`` is the CAA baseline."""
+        """MC1/MC2/MC3 of each method (and protocol) and variant on each test fold; ``caa`` is the CAA
+        baseline. All variants of a fold share one unsteered pass."""
         for fold, split in enumerate(self.splits):
-            configs = self.scoring_configs([m for m in methods if m != "caa"], protocols)
-            self._run_mc_group(fold, split, configs, lambda fold=fold: self.steerer(fold))
+            entries = []
+            for variant in variants:
+                steering = [m for m in methods if m != "caa" and variant.applies_to(m)]
+                entries += [
+                    (name, variant, c) for name, c in self.scoring_configs(steering, protocols).items()
+                ]
+            self._run_mc_group(fold, split, entries, self.steerer, self.steering_for)
             if "caa" in methods:
-                caa = {"caa": ScoringConfig(method="iti", alpha=self.caa.multiplier)}
-                self._run_mc_group(fold, split, caa, lambda fold=fold: self.caa_steerer(fold))
+                caa = [("caa", PLAIN, ScoringConfig(method="iti", alpha=self.caa.multiplier))]
+                self._run_mc_group(
+                    fold, split, caa, self.caa_steerer, lambda fold, variant: self.caa_steerer(fold)
+                )
 
-    def _run_mc_group(self, fold: int, split, configs: dict[str, ScoringConfig], get_steerer) -> None:
-        keys = {
-            name: row_key(**self._identity(task="truthfulqa-mc", method=name, fold=fold)) for name in configs
-        }
-        todo = {name: c for name, c in configs.items() if not self.store.has(keys[name])}
+    def _run_mc_group(self, fold: int, split, entries, get_steerer, get_intervention) -> None:
+        def identity(name: str, variant: Variant) -> dict:
+            return self._identity(task="truthfulqa-mc", method=name, fold=fold, **variant.identity())
+
+        todo = {}
+        for name, variant, config in entries:
+            key = row_key(**identity(name, variant))
+            if not self.store.has(key):
+                todo[name + variant.suffix()] = (name, variant, config, key)
         if not todo:
             return
         start = time.perf_counter()
@@ -248,18 +305,28 @@ class TruthfulQAEvaluation:
         refs = [reference_answers(r) for r in questions]
         contexts = [generation_prompt(r.question) + "\nA:" for r in questions]
         options = [[" " + a for a in true + false] for true, false, _ in refs]
-        steerer = get_steerer() if any(c.method != "none" for c in todo.values()) else None
+        steering = any(config.method != "none" for _, _, config, _ in todo.values())
+        steerer = get_steerer(fold) if steering else None
+        configs, interventions = {}, {}
+        for tag, (_, variant, config, _) in todo.items():
+            if variant.calibrated:
+                config = replace(config, threshold=self.calibration(fold).threshold)
+            configs[tag] = config
+            if variant.control is not None:
+                interventions[tag] = get_intervention(fold, variant)
         scored = score_choices_many(
             self.model,
             contexts,
             options,
             steerer,
-            todo,
+            configs,
             prefix=self.prefix,
+            interventions=interventions,
             batch_size=self.config.batch_size,
             progress=self.progress,
         )
-        for name, results in scored.items():
+        for tag, results in scored.items():
+            name, variant, _, key = todo[tag]
             per_question = {"mc1": [], "mc2": [], "mc3": []}
             delta_true, delta_false, steered = [], [], []
             for (true, false, best), result in zip(refs, results):
@@ -271,9 +338,9 @@ class TruthfulQAEvaluation:
                 delta_true += change[:n_true]
                 delta_false += change[n_true:]
                 steered += result.triggered
-            row = self._identity(task="truthfulqa-mc", method=name, fold=fold)
+            row = identity(name, variant)
             row.update(
-                key=keys[name],
+                key=key,
                 n_questions=len(questions),
                 **{metric: float(np.mean(values)) for metric, values in per_question.items()},
                 steered_fraction=float(np.mean(steered)),
@@ -281,57 +348,78 @@ class TruthfulQAEvaluation:
                 loglik_change_false=float(np.mean(delta_false)),
                 per_question=per_question,
                 question_ids=[r.id for r in questions],
+                **self._threshold_fields(fold, variant),
                 seconds=time.perf_counter() - start,
                 version=__version__,
             )
             self.store.add(row)
 
-    def run_generation(self, methods: Sequence[str] = GENERATION_METHODS) -> None:
-        """Greedy answers of each method on each test fold, judged by every judge; answers saved as CSV."""
+    def _threshold_fields(self, fold: int, variant: Variant) -> dict:
+        if not variant.calibrated:
+            return {}
+        calibration = self.calibration(fold)
+        return {"threshold_used": calibration.threshold, "calibration": calibration.to_dict()}
+
+    def run_generation(
+        self, methods: Sequence[str] = GENERATION_METHODS, variants: Sequence[Variant] = (PLAIN,)
+    ) -> None:
+        """Greedy answers of each method and variant on each test fold, judged by every judge; answers saved
+        as CSV (``answers/{method}{variant}-fold{i}.csv``)."""
         cfg = self.config
         for fold, split in enumerate(self.splits):
             questions = [self.records[i] for i in self._subset(split.test, cfg.n_generation, salt=2)]
-            for method in methods:
-                key = row_key(**self._identity(task="truthfulqa-gen", method=method, fold=fold))
-                if self.store.has(key) or not questions:
-                    continue
-                start = time.perf_counter()
-                caa = method == "caa"
-                generation = GenerationConfig(
-                    method="iti" if caa else method,
-                    alpha=self.caa.multiplier if caa else cfg.alpha,
-                    threshold=cfg.threshold,
-                    back_steps=cfg.back_steps,
-                    max_new_tokens=cfg.max_new_tokens,
-                    history=cfg.history,
-                )
-                steerer = self.caa_steerer(fold) if caa else self.steerer(fold) if method != "none" else None
-                results = generate(
-                    self.model,
-                    [generation_prompt(r.question) for r in questions],
-                    steerer,
-                    generation,
-                    prefix=self.prefix,
-                    batch_size=cfg.generation_batch_size,
-                    progress=self.progress,
-                )
-                answers = [extract_answer(r.text) for r in results]
-                judged = self._judge(questions, answers)
-                self._save_answers(method, fold, questions, answers, results, judged)
-                row = self._identity(task="truthfulqa-gen", method=method, fold=fold)
-                row.update(
-                    key=key,
-                    n_questions=len(questions),
-                    **{name: float(np.mean(accept(scores))) for name, scores in judged.items()},
-                    judges={j.name: {"kind": j.kind, "proxy": j.is_proxy} for j in self.judges},
-                    trigger_rate=float(np.mean([r.triggered for r in results])),
-                    mean_removed_tokens=float(np.mean([r.n_removed for r in results])),
-                    question_ids=[r.id for r in questions],
-                    per_question={name: accept(scores) for name, scores in judged.items()},
-                    seconds=time.perf_counter() - start,
-                    version=__version__,
-                )
-                self.store.add(row)
+            for variant in variants:
+                for method in methods:
+                    if variant.applies_to(method) and not (method == "caa" and variant.label):
+                        self._generate_row(fold, questions, method, variant)
+
+    def _generate_row(self, fold: int, questions: list[QARecord], method: str, variant: Variant) -> None:
+        cfg = self.config
+        identity = self._identity(task="truthfulqa-gen", method=method, fold=fold, **variant.identity())
+        key = row_key(**identity)
+        if self.store.has(key) or not questions:
+            return
+        start = time.perf_counter()
+        caa = method == "caa"
+        generation = GenerationConfig(
+            method="iti" if caa else method,
+            alpha=self.caa.multiplier if caa else cfg.alpha,
+            threshold=self.calibration(fold).threshold if variant.calibrated else cfg.threshold,
+            back_steps=cfg.back_steps,
+            max_new_tokens=cfg.max_new_tokens,
+            history=cfg.history,
+        )
+        if method == "none":
+            steerer = None
+        else:
+            steerer = self.caa_steerer(fold) if caa else self.steering_for(fold, variant)
+        results = generate(
+            self.model,
+            [generation_prompt(r.question) for r in questions],
+            steerer,
+            generation,
+            prefix=self.prefix,
+            batch_size=cfg.generation_batch_size,
+            progress=self.progress,
+        )
+        answers = [extract_answer(r.text) for r in results]
+        judged = self._judge(questions, answers)
+        self._save_answers(method + variant.suffix(), fold, questions, answers, results, judged)
+        row = identity
+        row.update(
+            key=key,
+            n_questions=len(questions),
+            **{name: float(np.mean(accept(scores))) for name, scores in judged.items()},
+            judges={j.name: {"kind": j.kind, "proxy": j.is_proxy} for j in self.judges},
+            trigger_rate=float(np.mean([r.triggered for r in results])),
+            mean_removed_tokens=float(np.mean([r.n_removed for r in results])),
+            question_ids=[r.id for r in questions],
+            per_question={name: accept(scores) for name, scores in judged.items()},
+            **self._threshold_fields(fold, variant),
+            seconds=time.perf_counter() - start,
+            version=__version__,
+        )
+        self.store.add(row)
 
     def _judge(self, questions: list[QARecord], answers: list[str]) -> dict[str, list[float]]:
         texts = [r.question for r in questions]
