@@ -32,6 +32,11 @@ class NonFiniteActivationError(ValueError):
     """The model produced NaN or infinite activations."""
 
 
+class _AllCaptured(Exception):
+    """Raised by the hook that stores the last wanted activation, to skip the rest of the forward pass (the
+    later blocks and the unembedding, a fifth of a small model's cost)."""
+
+
 def tokenize_prompts(model: TransformerBridge, prompts: Sequence[Prompt]) -> list[list[int]]:
     """Token ids for each prompt (text under the BOS convention, or ids taken as given), context-checked."""
     if len(prompts) == 0:
@@ -86,9 +91,14 @@ def _extract(
         rows = torch.cat([torch.full((len(wanted[i]),), r, dtype=torch.long) for r, i in enumerate(chunk)])
         cols = torch.cat([wanted[i] + offsets[r] for r, i in enumerate(chunk)])
         captured: dict[str, Tensor] = {}
-        hooks = [(name, _keep_rows(captured, name, rows, cols)) for name in names]
+        hooks = [(name, _keep_rows(captured, name, rows, cols, len(names))) for name in names]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(ids.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), return_type=None)
+            try:
+                model(ids.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), return_type=None)
+            except _AllCaptured:
+                pass
+        if len(captured) != len(names):
+            raise ValueError(f"hook point(s) {sorted(set(names) - set(captured))} never fired")
         stacked = torch.stack([captured[name] for name in names], dim=1)
         if not torch.isfinite(stacked).all():
             raise NonFiniteActivationError(f"non-finite activations in the batch of prompts {chunk[:5]}...")
@@ -172,11 +182,14 @@ def collect_span_activations(
     return _extract(model, token_lists, wanted, names, batch_size, padding_side, progress)
 
 
-def _keep_rows(captured: dict[str, Tensor], name: str, rows: Tensor, cols: Tensor):
-    """A hook that stores ``value[rows, cols]`` of its hook point (float32, CPU) and drops the rest."""
+def _keep_rows(captured: dict[str, Tensor], name: str, rows: Tensor, cols: Tensor, n_wanted: int):
+    """A hook that stores ``value[rows, cols]`` of its hook point (float32, CPU) and drops the rest; once all
+    ``n_wanted`` hook points are stored it stops the forward pass."""
 
     def keep(value: Tensor, hook) -> None:
         captured[name] = value[rows, cols].detach().to("cpu", torch.float32)
+        if len(captured) == n_wanted:
+            raise _AllCaptured
 
     return keep
 
