@@ -14,6 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fasb_tl.distributed import Shard
 from fasb_tl.models import check_context, encode
 
 if TYPE_CHECKING:
@@ -73,20 +74,26 @@ def _extract(
     batch_size: int,
     padding_side: PaddingSide,
     progress: bool,
+    shard: Shard | None = None,
 ) -> list[Float[Tensor, "k name *rest"]]:
     """The hook points ``names`` (same trailing shape) at positions ``wanted[i]`` (indices into prompt i's
-    own tokens) of every prompt, stacked along dim 1."""
+    own tokens) of every prompt, stacked along dim 1. With a distributed ``shard`` each rank runs its own
+    batches and every rank receives all results."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    shard = shard or Shard()
     pad_id = model.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = model.tokenizer.eos_token_id
     # Sorting by length keeps padding (wasted compute) small; results are put back in input order.
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
     results: list[Tensor | None] = [None] * len(token_lists)
-    bar = tqdm(total=len(order), desc="activations", unit="prompt", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    owned = shard.batches(len(order), batch_size)
+    bar = tqdm(
+        total=sum(map(len, owned)), desc="activations", unit="prompt", disable=not progress, leave=False
+    )
+    for batch in owned:
+        chunk = [order[i] for i in batch]
         ids, mask, offsets = pad_batch([token_lists[i] for i in chunk], pad_id, padding_side)
         rows = torch.cat([torch.full((len(wanted[i]),), r, dtype=torch.long) for r, i in enumerate(chunk)])
         cols = torch.cat([wanted[i] + offsets[r] for r, i in enumerate(chunk)])
@@ -106,6 +113,9 @@ def _extract(
             results[i] = piece
         bar.update(len(chunk))
     bar.close()
+    if shard.distributed:
+        mine = {i: piece for i, piece in enumerate(results) if piece is not None}
+        results = [shard.gather(mine)[i] for i in range(len(token_lists))]
     return results  # type: ignore[return-value]
 
 
@@ -118,11 +128,13 @@ def collect_head_activations(
     batch_size: int = 16,
     padding_side: PaddingSide = "right",
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> Float[Tensor, "n layer head d_head"]:
     """hook_z of every layer at one position per prompt: its last real token, or ``positions[i]``.
 
     Positions index the prompt's own tokens (BOS included; negative values count from its end). Returns
-    float32 on the CPU.
+    float32 on the CPU. ``shard`` (see :mod:`fasb_tl.distributed`) splits the batches over ranks; every rank
+    gets the full result.
     """
     token_lists = tokenize_prompts(model, prompts)
     if positions == "last":
@@ -136,7 +148,7 @@ def collect_head_activations(
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     wanted = [torch.tensor([p]) for p in picks]
     names = [hook_z_name(layer) for layer in layers]
-    pieces = _extract(model, token_lists, wanted, names, batch_size, padding_side, progress)
+    pieces = _extract(model, token_lists, wanted, names, batch_size, padding_side, progress, shard)
     return torch.cat(pieces, dim=0)
 
 
@@ -147,6 +159,7 @@ def collect_residual_activations(
     *,
     batch_size: int = 16,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> Float[Tensor, "n d_model"]:
     """The residual stream after block ``layer`` (``blocks.{L}.hook_resid_post``) at each prompt's last token."""
     if not 0 <= layer < model.cfg.n_layers:
@@ -154,7 +167,7 @@ def collect_residual_activations(
     token_lists = tokenize_prompts(model, prompts)
     wanted = [torch.tensor([len(ids) - 1]) for ids in token_lists]
     name = f"blocks.{layer}.hook_resid_post"
-    pieces = _extract(model, token_lists, wanted, [name], batch_size, "right", progress)
+    pieces = _extract(model, token_lists, wanted, [name], batch_size, "right", progress, shard)
     return torch.cat(pieces, dim=0)[:, 0]
 
 
@@ -167,6 +180,7 @@ def collect_span_activations(
     batch_size: int = 16,
     padding_side: PaddingSide = "right",
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> list[Float[Tensor, "span layer head d_head"]]:
     """hook_z at every position ``start <= p < stop`` of each prompt's span (indices into its own tokens)."""
     token_lists = tokenize_prompts(model, prompts)
@@ -179,7 +193,7 @@ def collect_span_activations(
         wanted.append(torch.arange(start, stop))
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = [hook_z_name(layer) for layer in layers]
-    return _extract(model, token_lists, wanted, names, batch_size, padding_side, progress)
+    return _extract(model, token_lists, wanted, names, batch_size, padding_side, progress, shard)
 
 
 def _keep_rows(captured: dict[str, Tensor], name: str, rows: Tensor, cols: Tensor, n_wanted: int):

@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from fasb_tl.activations import Prompt, collect_residual_activations
+from fasb_tl.distributed import Shard
 from fasb_tl.models import model_name
 from fasb_tl.steering import HookState, ModelMismatchError
 
@@ -82,6 +83,7 @@ def fit_caa(
     *,
     batch_size: int = 16,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> ResidualSteerer:
     """The CAA vector from labelled prompts (1 = desired): mean difference of the last-token residual stream
     after ``layer`` (default: the middle layer, as CAA steers mid-depth layers)."""
@@ -89,7 +91,9 @@ def fit_caa(
     if not ((labels == 0).any() and (labels == 1).any()):
         raise ValueError("CAA needs prompts of both labels (1 and 0)")
     layer = int(model.cfg.n_layers) // 2 if layer is None else layer
-    resid = collect_residual_activations(model, prompts, layer, batch_size=batch_size, progress=progress)
+    resid = collect_residual_activations(
+        model, prompts, layer, batch_size=batch_size, progress=progress, shard=shard
+    )
     vector = resid[labels == 1].mean(0) - resid[labels == 0].mean(0)
     return ResidualSteerer(
         layer=layer, vector=vector, model_name=model_name(model), n_layers=int(model.cfg.n_layers)

@@ -19,6 +19,7 @@ import torch
 from fasb_tl.activations import collect_span_activations
 from fasb_tl.data.prompts import generation_prompt
 from fasb_tl.data.records import DatasetError, QARecord
+from fasb_tl.distributed import Shard
 from fasb_tl.scoring import answer_tokens
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ def generation_format_scores(
     instruction: bool = True,
     batch_size: int = 8,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per reference answer of each record: the lowest P(true) FASB would see while that answer is generated
     after the TruthfulQA generation prompt (``"\\nA: " + answer``), and its label.
@@ -145,7 +147,7 @@ def generation_format_scores(
             labels.append(label)
     layers = steerer.layers
     pieces = collect_span_activations(
-        model, token_lists, spans, layers=layers, batch_size=batch_size, progress=progress
+        model, token_lists, spans, layers=layers, batch_size=batch_size, progress=progress, shard=shard
     )
     scores = []
     for piece in pieces:

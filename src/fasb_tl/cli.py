@@ -10,10 +10,33 @@ from pathlib import Path
 from fasb_tl.data import DATASETS
 
 
+def _add_placement_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="one device for the whole model (cpu, cuda:0, ...)")
+    parser.add_argument(
+        "--device-map", default=None, help="accelerate device map over several GPUs, e.g. auto (not with --device)"
+    )
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+
+
+def _load(args: argparse.Namespace, shard=None):
+    """The model the options ask for; under torchrun with CUDA each rank takes the GPU of its local rank."""
+    import os
+
+    import torch
+
+    from fasb_tl.models import load_model
+
+    device = args.device
+    if device is None and args.device_map is None and shard is not None and shard.distributed:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    return load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map)
+
+
 def _add_model_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="smollm2-135m-instruct", help="model name, local HF folder or Hub id"
     )
+    _add_placement_options(parser)
     parser.add_argument("--dataset", default="builtin", choices=DATASETS)
     parser.add_argument(
         "--data-dir", default=None, help="data folder (default: $FASB_TL_DATA or ../shared/data)"
@@ -34,7 +57,6 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a Steerer and write it with its head-accuracy heatmap."""
     from fasb_tl.data import dataset_splits, load_dataset
-    from fasb_tl.models import load_model
     from fasb_tl.plotting import plot_head_accuracy, save_figure
     from fasb_tl.steering import fit_steerer
 
@@ -43,7 +65,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     splits = dataset_splits(args.dataset, len(records), args.folds, args.val_fraction, args.seed)
     if not 0 <= args.fold < len(splits):
         raise SystemExit(f"--fold must be in [0, {len(splits) - 1}], got {args.fold}")
-    model = load_model(args.model)
+    model = _load(args)
     steerer, _ = fit_steerer(
         model,
         records,
@@ -132,32 +154,37 @@ def _print_tables(out: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate methods on tasks into a resumable result folder."""
+    """Evaluate methods on tasks into a resumable result folder (data-parallel under torchrun)."""
+    from fasb_tl.distributed import init_from_env
     from fasb_tl.evaluation.runner import run_plan
-    from fasb_tl.models import load_model
 
     plan = _plan(args)
-    run_plan(load_model(args.model), plan, args.out, args.data_dir)
-    _print_tables(Path(args.out))
+    shard = init_from_env()
+    run_plan(_load(args, shard), plan, args.out, args.data_dir, shard=shard)
+    if shard.is_main:
+        _print_tables(Path(args.out))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the evaluation over a grid of steering settings."""
+    from fasb_tl.distributed import init_from_env
     from fasb_tl.evaluation.runner import run_plan, sweep_plans
-    from fasb_tl.models import load_model
 
     grid = {}
     for name, cast in (("alpha", float), ("threshold", float), ("back_steps", int), ("k", int)):
         values = getattr(args, f"grid_{name}")
         if values:
             grid[name] = [cast(v) for v in _split(values)]
-    model = load_model(args.model)
     plans = sweep_plans(_plan(args), grid)
+    shard = init_from_env()
+    model = _load(args, shard)
     for index, plan in enumerate(plans, start=1):
-        print(f"sweep point {index}/{len(plans)}")
-        run_plan(model, plan, args.out, args.data_dir)
-    print(
+        if shard.is_main:
+            print(f"sweep point {index}/{len(plans)}")
+        run_plan(model, plan, args.out, args.data_dir, shard=shard)
+    if shard.is_main:
+        print(
         f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"
     )
     return 0
@@ -165,6 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    _add_placement_options(parser)
     parser.add_argument(
         "--task",
         default="truthfulqa",

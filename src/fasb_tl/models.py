@@ -161,52 +161,87 @@ def tiny_model_dir() -> Path:
     return publish_dir(_build_tiny_model, cache_root() / "tiny-random-llama-v1")
 
 
-def _boot_folder(label: str, folder: Path, device: str | None, dtype: torch.dtype) -> TransformerBridge:
+DeviceMap = str | dict[str, str | int]
+
+
+def _boot_folder(
+    label: str, folder: Path, device: str | None, dtype: torch.dtype, device_map: DeviceMap | None
+) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    # With a device_map, accelerate places the layers while loading and the bridge keeps that placement.
+    placement = {"device_map": device_map} if device_map is not None else {}
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **placement).eval()
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     bridge = TransformerBridge.boot_transformers(
-        label, hf_model=hf_model, tokenizer=tokenizer, device=device or "cpu", dtype=dtype
+        label,
+        hf_model=hf_model,
+        tokenizer=tokenizer,
+        device=None if device_map is not None else device or "cpu",
+        dtype=dtype,
     )
     bridge.eval()
     return bridge
 
 
 def load_model(
-    name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: torch.dtype = torch.float32
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    device_map: DeviceMap | None = None,
 ) -> TransformerBridge:
     """Load ``name`` as a TransformerLens bridge.
 
     ``name`` is one of ``"smollm2-135m-instruct"`` (offline, embedded), ``"gemma-3-270m"`` (offline, optional
     package), ``"tiny-random-llama"`` (tests), a local HF model folder, or a Hugging Face Hub id (online only).
+    ``device`` puts the whole model on one device; ``device_map`` (e.g. ``"auto"``, or a dict of module name
+    to device, as in transformers) lets accelerate spread its layers over several GPUs instead. ``dtype`` is a
+    torch dtype or its name (``"bfloat16"``); steering and probes follow each layer's device and dtype.
     """
+    if device is not None and device_map is not None:
+        raise ValueError(f"pass device ({device!r}) or device_map ({device_map!r}), not both")
+    dtype = resolve_dtype(dtype)
     if name == DEFAULT_MODEL:
-        return _boot_folder(SMOLLM2_HUB_ID, converted_gguf_dir(name), device, dtype)
+        return _boot_folder(SMOLLM2_HUB_ID, converted_gguf_dir(name), device, dtype, device_map)
     if name == "gemma-3-270m":
-        return _boot_folder(GEMMA_HUB_ID, converted_gguf_dir(name), device, dtype)
+        return _boot_folder(GEMMA_HUB_ID, converted_gguf_dir(name), device, dtype, device_map)
     if name == TINY_MODEL:
-        return _boot_folder(TINY_MODEL, tiny_model_dir(), device, dtype)
+        return _boot_folder(TINY_MODEL, tiny_model_dir(), device, dtype, device_map)
     folder = Path(name).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise ModelNotAvailableError(
                 f"{folder} is a folder but holds no config.json (expected a HF model folder)"
             )
-        return _boot_folder(str(folder), folder, device, dtype)
+        return _boot_folder(str(folder), folder, device, dtype, device_map)
     if "/" in name and not folder.exists() and name.count("/") == 1:
         from transformer_lens.model_bridge import TransformerBridge
 
-        bridge = TransformerBridge.boot_transformers(name, device=device or "cpu", dtype=dtype)
+        placement = {"device_map": device_map} if device_map is not None else {"device": device or "cpu"}
+        bridge = TransformerBridge.boot_transformers(name, dtype=dtype, **placement)
         bridge.eval()
         return bridge
     known = ", ".join([*EMBEDDED_MODELS, TINY_MODEL])
     raise ModelNotAvailableError(
         f"unknown model {name!r}: expected one of {known}, a local HF model folder, or a Hub id 'org/name'"
     )
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from itself or its name (``"bfloat16"``, ``"torch.float16"``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = DTYPES.get(str(dtype).removeprefix("torch."))
+    if resolved is None:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    return resolved
 
 
 def model_name(model: TransformerBridge) -> str:

@@ -92,6 +92,22 @@ class ChoiceScores:
         """Per option: whether it was scored with steering."""
         return [s > 0 for s in self.strengths]
 
+    def to_dict(self) -> dict:
+        """JSON-ready values (float64 survives the round trip exactly)."""
+        return {
+            "scores": self.scores.tolist(),
+            "unsteered": self.unsteered.tolist(),
+            "strengths": self.strengths,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ChoiceScores:
+        return cls(
+            scores=torch.tensor(values["scores"], dtype=torch.float64),
+            unsteered=torch.tensor(values["unsteered"], dtype=torch.float64),
+            strengths=list(values["strengths"]),
+        )
+
 
 def answer_tokens(model: TransformerBridge, context: str, continuation: str) -> tuple[list[int], int]:
     """Token ids of ``context + continuation`` and the index of the first continuation token.

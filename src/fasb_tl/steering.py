@@ -122,14 +122,18 @@ class Steerer:
 
     def p_true(self, z: Float[Tensor, "*batch k d_head"]) -> Float[Tensor, "*batch"]:
         """Mean probe probability of "true" over the K heads, from their hook_z values."""
-        logits = torch.einsum("...kd,kd->...k", z.to(self.probe_weights.dtype), self.probe_weights)
-        return torch.sigmoid(logits + self.probe_bias).mean(-1)
+        # The probes run in their own (float32) precision on the activations' device: K x d_head values.
+        weights, bias = self.probe_weights.to(z.device), self.probe_bias.to(z.device)
+        logits = torch.einsum("...kd,kd->...k", z.to(weights.dtype), weights)
+        return torch.sigmoid(logits + bias).mean(-1)
 
     def head_values(self, z_by_layer: dict[int, Tensor]) -> Float[Tensor, "*batch k d_head"]:
         """Gather the K heads' vectors from per-layer hook_z tensors ``[..., head, d_head]``."""
         parts: list[Tensor | None] = [None] * self.k
+        # Under a multi-GPU device_map the layers' values live on different devices; meet on the first.
+        device = z_by_layer[min(self._layer_index)].device
         for layer, (head_idx, k_idx) in self._layer_index.items():
-            values = z_by_layer[layer][..., head_idx, :]
+            values = z_by_layer[layer][..., head_idx.to(z_by_layer[layer].device), :].to(device)
             for j, k in enumerate(k_idx.tolist()):
                 parts[k] = values[..., j, :]
         return torch.stack(parts, dim=-2)  # type: ignore[arg-type]
@@ -159,7 +163,7 @@ class Steerer:
                     scale = state.scale.to(z.dtype).to(z.device)
                     addition = scale[:, :, None, None] * layer_delta.to(z.dtype).to(z.device)
                     z = z.clone()
-                    z[:, :, head_idx] += addition
+                    z[:, :, head_idx.to(z.device)] += addition
                 return z
 
             return hook

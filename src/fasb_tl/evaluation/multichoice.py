@@ -22,11 +22,13 @@ import torch
 from fasb_tl import __version__
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
+from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.multichoice_data import ChoiceRecord, load_task, sample
 from fasb_tl.evaluation.results import ResultStore, row_key
+from fasb_tl.evaluation.sharding import ShardedRows, sharded_score_choices
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.models import model_name
-from fasb_tl.scoring import ScoringConfig, named_configs, score_choices_many
+from fasb_tl.scoring import ScoringConfig, named_configs
 from fasb_tl.steering import (
     Steerer,
     SteererFormatError,
@@ -81,14 +83,17 @@ class MultiChoiceEvaluation:
         data_dir: str | None = None,
         progress: bool = True,
         caa: CAAConfig | None = None,
+        shard: Shard | None = None,
     ):
+        self.shard = shard or current_shard()
         self.model = model
         self.task = task
         self.config = config
         self.out = Path(out)
         self.data_dir = data_dir
-        self.progress = progress
+        self.progress = progress and self.shard.is_main
         self.store = ResultStore(self.out)
+        self.rows = ShardedRows(self.store, self.shard)
         self.caa = caa or CAAConfig()
 
     def _identity(self, method: str, variant: Variant = PLAIN) -> dict:
@@ -118,7 +123,7 @@ class MultiChoiceEvaluation:
         val_items = order[:n_val]
         val = np.isin(owners, val_items)
         acts = collect_head_activations(
-            self.model, prompts, batch_size=cfg.batch_size, progress=self.progress
+            self.model, prompts, batch_size=cfg.batch_size, progress=self.progress, shard=self.shard
         )
         meta = model_meta(
             self.model,
@@ -140,7 +145,8 @@ class MultiChoiceEvaluation:
             seed=cfg.seed,
             progress=self.progress,
         )
-        steerer.save(folder, overwrite=True)
+        if self.shard.is_main:
+            steerer.save(folder, overwrite=True)
         return steerer
 
     def configs(self, methods: Sequence[str], protocols: Sequence[str]) -> dict[str, ScoringConfig]:
@@ -159,6 +165,7 @@ class MultiChoiceEvaluation:
             self.caa.layer,
             batch_size=self.config.batch_size,
             progress=self.progress,
+            shard=self.shard,
         )
 
     def run(
@@ -197,7 +204,10 @@ class MultiChoiceEvaluation:
             for tag, (_, variant, _, _) in todo.items()
             if variant.control is not None
         }
-        scored = score_choices_many(
+        keys = [entry[-1] for entry in todo.values()]
+        scored = sharded_score_choices(
+            self.rows,
+            keys,
             self.model,
             [r.context for r in items],
             [list(r.options) for r in items],
@@ -226,4 +236,5 @@ class MultiChoiceEvaluation:
                 seconds=time.perf_counter() - start,
                 version=__version__,
             )
-            self.store.add(row)
+            self.rows.commit(row)
+        self.rows.finish(keys)

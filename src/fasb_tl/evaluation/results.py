@@ -56,14 +56,17 @@ class ResultStore:
         """Whether a row with ``key`` is already stored."""
         return key in self._keys
 
-    def add(self, row: dict) -> None:
-        """Store a finished row (it must carry a ``key`` not stored yet) and persist the table."""
+    def add(self, row: dict, persist: bool = True) -> None:
+        """Store a finished row (it must carry a ``key`` not stored yet) and, if ``persist``, write the table
+        (in a distributed run only rank 0 writes; the others keep the same rows in memory)."""
         if "key" not in row:
             raise ValueError("a result row needs a 'key'")
         if row["key"] in self._keys:
             raise ValueError(f"row {row['key']} is stored already")
         self.rows.append(row)
         self._keys.add(row["key"])
+        if not persist:
+            return
         atomic_write_text(
             self.path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows)
         )

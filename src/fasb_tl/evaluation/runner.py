@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fasb_tl.caa import CAAConfig
 from fasb_tl.data import load_truthfulqa
+from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.judges import DEFAULT_JUDGES, make_judges
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
@@ -59,9 +60,14 @@ def run_plan(
     out: str | Path,
     data_dir: str | None = None,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> None:
-    """Run every task of ``plan`` into ``out``; rows already there are skipped (resume)."""
+    """Run every task of ``plan`` into ``out``; rows already there are skipped (resume). With a distributed
+    ``shard`` (default: the initialised process group, if any) the ranks split the work and rank 0 writes."""
+    shard = shard or current_shard()
     for task in plan.tasks:
+        # Every rank reads the result folder only after rank 0 has finished writing the previous task's rows.
+        shard.barrier()
         if task == "truthfulqa":
             evaluation = TruthfulQAEvaluation(
                 model,
@@ -71,13 +77,14 @@ def run_plan(
                 make_judges(plan.judges),
                 progress,
                 plan.caa,
+                shard,
             )
             if plan.mc:
                 evaluation.run_mc(plan.methods, plan.protocols, plan.variants)
             if plan.generation:
                 evaluation.run_generation(plan.methods, plan.variants)
         else:
-            MultiChoiceEvaluation(model, task, plan.multichoice, out, data_dir, progress, plan.caa).run(
+            MultiChoiceEvaluation(model, task, plan.multichoice, out, data_dir, progress, plan.caa, shard).run(
                 plan.methods, plan.protocols, plan.variants
             )
 

@@ -36,13 +36,15 @@ from fasb_tl.data import (
     question_splits,
 )
 from fasb_tl.data.prompts import tuning_bank
+from fasb_tl.distributed import Shard, current_shard, sharded_map
 from fasb_tl.evaluation.judges import Judge, accept
 from fasb_tl.evaluation.results import ResultStore, atomic_write_text, row_key
+from fasb_tl.evaluation.sharding import ShardedRows, sharded_score_choices
 from fasb_tl.evaluation.variants import PLAIN, Variant
-from fasb_tl.generation import GenerationConfig, generate
+from fasb_tl.generation import GenerationConfig, GenerationResult, generate
 from fasb_tl.models import model_name
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
-from fasb_tl.scoring import ScoringConfig, named_configs, score_choices_many
+from fasb_tl.scoring import ScoringConfig, named_configs
 from fasb_tl.steering import (
     Steerer,
     SteererFormatError,
@@ -132,14 +134,17 @@ class TruthfulQAEvaluation:
         judges: Sequence[Judge] = (),
         progress: bool = True,
         caa: CAAConfig | None = None,
+        shard: Shard | None = None,
     ):
+        self.shard = shard or current_shard()
         self.model = model
         self.records = records
         self.config = config
         self.out = Path(out)
         self.judges = list(judges)
-        self.progress = progress
+        self.progress = progress and self.shard.is_main
         self.store = ResultStore(self.out)
+        self.rows = ShardedRows(self.store, self.shard)
         self.splits = question_splits(len(records), config.n_folds, config.val_fraction, config.seed)
         self._tuning: torch.Tensor | None = None
         self._prefix: PrefixCache | None = None
@@ -167,6 +172,7 @@ class TruthfulQAEvaluation:
                 self.caa.layer,
                 batch_size=self.config.batch_size,
                 progress=self.progress,
+                shard=self.shard,
             )
         return self._caa[fold]
 
@@ -196,9 +202,11 @@ class TruthfulQAEvaluation:
                 back_steps=self.config.back_steps,
                 batch_size=self.config.generation_batch_size,
                 progress=self.progress,
+                shard=self.shard,
             )
             calibration = calibrate_threshold(scores, labels)
-            atomic_write_text(path, json.dumps(calibration.to_dict(), indent=2))
+            if self.shard.is_main:
+                atomic_write_text(path, json.dumps(calibration.to_dict(), indent=2))
         self._calibration[fold] = calibration
         return calibration
 
@@ -218,11 +226,16 @@ class TruthfulQAEvaluation:
                 tuning_prompts(self.records, self.config.seed),
                 batch_size=self.config.batch_size,
                 progress=self.progress,
+                shard=self.shard,
             )
         train_prompts, train_labels, _ = probe_bank([self.records[i] for i in split.train])
         val_prompts, val_labels, _ = probe_bank([self.records[i] for i in split.val])
         acts = collect_head_activations(
-            self.model, train_prompts + val_prompts, batch_size=self.config.batch_size, progress=self.progress
+            self.model,
+            train_prompts + val_prompts,
+            batch_size=self.config.batch_size,
+            progress=self.progress,
+            shard=self.shard,
         )
         n_train = len(train_prompts)
         meta = model_meta(
@@ -246,7 +259,8 @@ class TruthfulQAEvaluation:
             seed=self.config.seed,
             progress=self.progress,
         )
-        steerer.save(folder, overwrite=True)
+        if self.shard.is_main:
+            steerer.save(folder, overwrite=True)
         return steerer
 
     @property
@@ -314,14 +328,17 @@ class TruthfulQAEvaluation:
             configs[tag] = config
             if variant.control is not None:
                 interventions[tag] = get_intervention(fold, variant)
-        scored = score_choices_many(
+        keys = [entry[-1] for entry in todo.values()]
+        scored = sharded_score_choices(
+            self.rows,
+            keys,
             self.model,
             contexts,
             options,
             steerer,
             configs,
-            prefix=self.prefix,
             interventions=interventions,
+            prefix=self.prefix,
             batch_size=self.config.batch_size,
             progress=self.progress,
         )
@@ -352,7 +369,8 @@ class TruthfulQAEvaluation:
                 seconds=time.perf_counter() - start,
                 version=__version__,
             )
-            self.store.add(row)
+            self.rows.commit(row)
+        self.rows.finish(keys)
 
     def _threshold_fields(self, fold: int, variant: Variant) -> dict:
         if not variant.calibrated:
@@ -393,17 +411,43 @@ class TruthfulQAEvaluation:
             steerer = None
         else:
             steerer = self.caa_steerer(fold) if caa else self.steering_for(fold, variant)
-        results = generate(
-            self.model,
-            [generation_prompt(r.question) for r in questions],
-            steerer,
-            generation,
-            prefix=self.prefix,
-            batch_size=cfg.generation_batch_size,
-            progress=self.progress,
+        prompts = [generation_prompt(r.question) for r in questions]
+        results = sharded_map(
+            self.shard,
+            prompts,
+            cfg.generation_batch_size,
+            lambda batch: generate(
+                self.model,
+                batch,
+                steerer,
+                generation,
+                prefix=self.prefix,
+                batch_size=cfg.generation_batch_size,
+                progress=self.progress,
+            ),
+            store=self.rows.shard_folder([key]),
+            encode=asdict,
+            decode=lambda value: GenerationResult(**value),
         )
+        row = None
+        if self.shard.is_main:
+            row = self._generation_row(identity, key, fold, questions, results, variant, start)
+        self.rows.commit(row)
+        self.rows.finish([key])
+
+    def _generation_row(
+        self,
+        identity: dict,
+        key: str,
+        fold: int,
+        questions: list[QARecord],
+        results: list[GenerationResult],
+        variant: Variant,
+        start: float,
+    ) -> dict:
         answers = [extract_answer(r.text) for r in results]
         judged = self._judge(questions, answers)
+        method = identity["method"]
         self._save_answers(method + variant.suffix(), fold, questions, answers, results, judged)
         row = identity
         row.update(
@@ -419,7 +463,7 @@ class TruthfulQAEvaluation:
             seconds=time.perf_counter() - start,
             version=__version__,
         )
-        self.store.add(row)
+        return row
 
     def _judge(self, questions: list[QARecord], answers: list[str]) -> dict[str, list[float]]:
         texts = [r.question for r in questions]

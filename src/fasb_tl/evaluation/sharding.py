@@ -1,0 +1,89 @@
+"""The evaluation side of :mod:`fasb_tl.distributed`: scoring split over ranks, and rows written by rank 0."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fasb_tl.distributed import Shard, sharded_map
+from fasb_tl.evaluation.results import ResultStore, row_key
+from fasb_tl.scoring import ChoiceScores, ScoringConfig, score_choices_many
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from fasb_tl.prefix import PrefixCache
+    from fasb_tl.steering import Steerer
+
+
+class ShardedRows:
+    """A :class:`ResultStore` shared by the ranks of a run: rank 0 writes each row, every rank keeps it in
+    memory (so all ranks skip the same finished work), and per-row-group shard folders hold the ranks'
+    finished batches until the rows are written."""
+
+    def __init__(self, store: ResultStore, shard: Shard):
+        self.store = store
+        self.shard = shard
+
+    def has(self, key: str) -> bool:
+        return self.store.has(key)
+
+    def shard_folder(self, keys: Sequence[str]) -> Path:
+        """Where the ranks keep their finished batches of the rows ``keys``."""
+        return self.store.folder / "shards" / row_key(keys=sorted(keys))
+
+    def commit(self, row: dict | None) -> None:
+        """Store rank 0's ``row`` (the other ranks pass anything, e.g. None)."""
+        row = self.shard.from_main(row)
+        self.store.add(row, persist=self.shard.is_main)
+
+    def finish(self, keys: Sequence[str]) -> None:
+        """After the rows ``keys`` are committed: wait for every rank, then drop their shard folder."""
+        self.shard.barrier()
+        if self.shard.distributed and self.shard.is_main:
+            shutil.rmtree(self.shard_folder(keys), ignore_errors=True)
+
+
+def sharded_score_choices(
+    rows: ShardedRows,
+    keys: Sequence[str],
+    model: TransformerBridge,
+    contexts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    steerer: Steerer | None,
+    configs: Mapping[str, ScoringConfig],
+    *,
+    interventions: Mapping[str, Steerer] | None = None,
+    prefix: PrefixCache | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, list[ChoiceScores]]:
+    """:func:`~fasb_tl.scoring.score_choices_many` with the items split over the ranks (``batch_size`` items
+    per batch), every rank receiving every result; ``keys`` name the rows the scores are for."""
+
+    def score(indices: list[int]) -> list[dict[str, ChoiceScores]]:
+        scored = score_choices_many(
+            model,
+            [contexts[i] for i in indices],
+            [options[i] for i in indices],
+            steerer,
+            configs,
+            prefix=prefix,
+            interventions=interventions,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        return [{tag: scored[tag][j] for tag in configs} for j in range(len(indices))]
+
+    per_item = sharded_map(
+        rows.shard,
+        list(range(len(contexts))),
+        batch_size,
+        score,
+        store=rows.shard_folder(keys),
+        encode=lambda item: {tag: scores.to_dict() for tag, scores in item.items()},
+        decode=lambda item: {tag: ChoiceScores.from_dict(value) for tag, value in item.items()},
+    )
+    return {tag: [item[tag] for item in per_item] for tag in configs}
