@@ -1,13 +1,16 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from fasb_tl.calibration import calibrate_threshold, check_positions, generation_format_scores
-from fasb_tl.data import DatasetError, load_builtin
+from fasb_tl.cli import main
+from fasb_tl.data import DatasetError, load_builtin, probe_bank
 from fasb_tl.data.prompts import generation_prompt
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.scoring import ScoringConfig, answer_tokens, score_choices_many
-from fasb_tl.steering import control_steerer
+from fasb_tl.steering import Steerer, control_steerer
 from fasb_tl.text_baseline import TextOnlyDetector, answer_texts, detection_metrics
 
 
@@ -118,3 +121,36 @@ def test_a_control_intervention_keeps_the_decisions_and_changes_the_scores(tiny_
         assert real.strengths == control.strengths
         assert torch.allclose(control.scores, direct.scores, atol=1e-4)
         assert not torch.allclose(real.scores, control.scores)
+
+
+def test_probe_bank_in_the_generation_format():
+    record = load_builtin()[0]
+    qa, labels, _ = probe_bank([record])
+    generation, same_labels, _ = probe_bank([record], "generation")
+    answer = record.answers[0][0]
+    assert qa[0] == f"Q: {record.question} A: {answer}"
+    assert generation[0] == generation_prompt(record.question) + "\nA: " + answer
+    assert labels.tolist() == same_labels.tolist()
+    with pytest.raises(DatasetError, match="probe_format"):
+        probe_bank([record], "chat")
+
+
+def test_fasb_fit_calibrates_and_stores_the_threshold(tmp_path, capsys):
+    out = tmp_path / "steerer"
+    args = [
+        "fit",
+        "--model",
+        "tiny-random-llama",
+        "--k",
+        "4",
+        "--out",
+        str(out),
+        "--calibrate",
+        "--back-steps",
+        "3",
+    ]
+    assert main(args) == 0
+    stored = json.loads((out / "calibration-back3.json").read_text())
+    assert 0.0 <= stored["threshold"] <= 1.0 and stored["n_true"] > 0 and stored["n_false"] > 0
+    assert f"calibrated threshold {stored['threshold']:.3f}" in capsys.readouterr().out
+    assert Steerer.load(out).k == 4

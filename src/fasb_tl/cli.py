@@ -13,7 +13,9 @@ from fasb_tl.data import DATASETS
 def _add_placement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="one device for the whole model (cpu, cuda:0, ...)")
     parser.add_argument(
-        "--device-map", default=None, help="accelerate device map over several GPUs, e.g. auto (not with --device)"
+        "--device-map",
+        default=None,
+        help="accelerate device map over several GPUs, e.g. auto (not with --device)",
     )
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
 
@@ -76,16 +78,39 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         dataset=args.dataset,
         fold=args.fold,
+        probe_format=args.probe_format,
         batch_size=args.batch_size,
     )
     out = Path(args.out)
     steerer.save(out, overwrite=args.overwrite)
     figure = plot_head_accuracy(steerer.val_accuracy, steerer.heads, title=f"{args.model} on {args.dataset}")
     heatmap = save_figure(figure, out / "head_accuracy.png")
+    if args.calibrate:
+        _calibrate(args, model, steerer, [records[i] for i in splits[args.fold].val], out)
     best = steerer.val_accuracy.max().item()
     print(f"fitted {steerer.k} heads (best val accuracy {best:.3f}) in {time.perf_counter() - start:.1f} s")
     print(f"Steerer: {out}\nheatmap: {heatmap}")
     return 0
+
+
+def _calibrate(args: argparse.Namespace, model, steerer, held_out, out: Path) -> None:
+    """Calibrate the threshold on held-out answers in the generation format and store it with the Steerer."""
+    import json
+
+    from fasb_tl.calibration import calibrate_threshold, generation_format_scores
+    from fasb_tl.evaluation.results import atomic_write_text
+
+    scores, labels = generation_format_scores(model, steerer, held_out, back_steps=args.back_steps)
+    calibration = calibrate_threshold(scores, labels)
+    atomic_write_text(
+        out / f"calibration-back{args.back_steps}.json", json.dumps(calibration.to_dict(), indent=2)
+    )
+    print(
+        f"calibrated threshold {calibration.threshold:.3f} (back_steps {args.back_steps}): triggers on "
+        f"{100 * calibration.trigger_rate_true:.1f}% of true and {100 * calibration.trigger_rate_false:.1f}% "
+        f"of false held-out answers; the paper's 0.6 would trigger on "
+        f"{100 * float((scores[labels == 1] < 0.6).mean()):.1f}% and {100 * float((scores[labels == 0] < 0.6).mean()):.1f}%"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -185,8 +210,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_plan(model, plan, args.out, args.data_dir, shard=shard)
     if shard.is_main:
         print(
-        f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"
-    )
+            f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"
+        )
     return 0
 
 
@@ -262,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_options(fit)
     fit.add_argument("--out", default="runs/steerer", help="Steerer folder to write")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing Steerer folder")
+    fit.add_argument(
+        "--probe-format",
+        default="qa",
+        choices=("qa", "generation"),
+        help="probe bank as the paper's 'Q: A:' prompts or in the generation prompt format",
+    )
+    fit.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also calibrate the threshold on the validation answers in the generation format",
+    )
+    fit.add_argument("--back-steps", type=int, default=10, help="back_steps the calibration assumes")
     fit.set_defaults(handler=cmd_fit)
 
     demo = commands.add_parser(

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fasb_tl.activations import collect_head_activations, hook_z_name
-from fasb_tl.data.prompts import probe_bank, tuning_bank
+from fasb_tl.data.prompts import ProbeFormat, probe_bank, tuning_bank
 from fasb_tl.data.records import QARecord
 from fasb_tl.data.splits import Split
 from fasb_tl.models import model_name
@@ -426,11 +426,14 @@ def fit_steerer(
     seed: int = 42,
     dataset: str = "unknown",
     fold: int | None = None,
+    probe_format: ProbeFormat = "qa",
     batch_size: int = 16,
     progress: bool = True,
 ) -> tuple[Steerer, HeadProbes]:
     """Fit a Steerer in one call: probes on ``split.train``, top-K heads by ``split.val`` accuracy, directions
     from train + val, sigmas from the label-free tuning bank (all ``records`` unless ``tuning_records``).
+    ``probe_format="generation"`` builds the probe bank in the generation prompt format (see
+    :func:`~fasb_tl.data.prompts.probe_bank`) instead of the paper's ``Q: A:``.
 
     Returns the Steerer and the fitted :class:`HeadProbes` (for plots and analysis).
     """
@@ -439,8 +442,8 @@ def fit_steerer(
     n_heads_total = int(model.cfg.n_layers) * int(model.cfg.n_heads)
     if not 1 <= k <= n_heads_total:
         raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
-    train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train])
-    val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val])
+    train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train], probe_format)
+    val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val], probe_format)
     tuning_prompts = tuning_bank(tuning_records if tuning_records is not None else records, seed=seed)
     acts = collect_head_activations(
         model, train_prompts + val_prompts + tuning_prompts, batch_size=batch_size, progress=progress

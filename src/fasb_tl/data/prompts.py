@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from fasb_tl.data.records import DatasetError, QARecord
@@ -53,8 +55,20 @@ def generation_prompt(question: str, instruction: bool = True) -> str:
     return f"{generation_prefix(instruction)}\n\nQ: {question}"
 
 
-def probe_bank(records: list[QARecord]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Probe prompts for every (question, answer), their labels (1 true, 0 false) and question indices."""
+ProbeFormat = Literal["qa", "generation"]
+PROBE_FORMATS = ("qa", "generation")
+
+
+def probe_bank(
+    records: list[QARecord], probe_format: ProbeFormat = "qa"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Probe prompts for every (question, answer), their labels (1 true, 0 false) and question indices.
+
+    ``probe_format`` ``"qa"`` is the paper's short ``Q: {q} A: {a}``; ``"generation"`` is the prompt the
+    probes read at generation time (instruction + 6-shot primer + question + ``"\nA: " + answer``).
+    """
+    if probe_format not in PROBE_FORMATS:
+        raise DatasetError(f"probe_format must be one of {PROBE_FORMATS}, got {probe_format!r}")
     if not records:
         raise DatasetError("probe bank: got no records (expected at least one question)")
     prompts, labels, owners = [], [], []
@@ -65,7 +79,10 @@ def probe_bank(records: list[QARecord]) -> tuple[list[str], np.ndarray, np.ndarr
                 f"probe bank: question {record.id!r} has no {missing} answer (every question needs both labels)"
             )
         for answer, label in record.answers:
-            prompts.append(probe_prompt(record.question, answer))
+            if probe_format == "qa":
+                prompts.append(probe_prompt(record.question, answer))
+            else:
+                prompts.append(generation_prompt(record.question) + "\nA: " + answer)
             labels.append(label)
             owners.append(index)
     return prompts, np.asarray(labels, dtype=np.int64), np.asarray(owners, dtype=np.int64)

@@ -84,9 +84,9 @@ def run_plan(
             if plan.generation:
                 evaluation.run_generation(plan.methods, plan.variants)
         else:
-            MultiChoiceEvaluation(model, task, plan.multichoice, out, data_dir, progress, plan.caa, shard).run(
-                plan.methods, plan.protocols, plan.variants
-            )
+            MultiChoiceEvaluation(
+                model, task, plan.multichoice, out, data_dir, progress, plan.caa, shard
+            ).run(plan.methods, plan.protocols, plan.variants)
 
 
 def sweep_plans(plan: EvalPlan, grid: dict[str, Sequence[float]]) -> list[EvalPlan]:
