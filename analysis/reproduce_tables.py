@@ -69,14 +69,14 @@ def plans(args: argparse.Namespace) -> list[EvalPlan]:
     variants = {"controls": args.controls, "n_random": args.n_random, "thresholds": args.thresholds}
     # Cheapest first, so an interrupted run still has whole tables: the six tasks, TruthfulQA MC, generation;
     # then the same again with the controls and the calibrated threshold (the plain rows are skipped there).
-    main = [
+    plain = [
         EvalPlan(tasks=list(TASKS), **common),
         EvalPlan(tasks=["truthfulqa"], generation=False, **common),
         EvalPlan(tasks=["truthfulqa"], mc=False, **common),
     ]
     if not args.controls and args.thresholds == ["fixed"]:
-        return main
-    return main + [replace(plan, **variants) for plan in main]
+        return plain
+    return plain + [replace(plan, **variants) for plan in plain]
 
 
 def ablation_table(tqa: pd.DataFrame) -> pd.DataFrame:

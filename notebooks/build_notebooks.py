@@ -234,6 +234,85 @@ def head_importance() -> list[NotebookNode]:
         fig = plot_direction_cosines(steerer.directions[order], steerer.heads[order])
         """),
         md("""
+        ### Truth or wording? A text-only baseline
+
+        A bag-of-words logistic regression that never sees the model, trained on the same training answers'
+        text, against the probes on the same validation answers. If it separates true from false answers
+        about as well as the heads, most of what the probes detect is the wording of the answer (answers
+        starting with "No", repeating a myth, ...), not something the model represents about truth.
+        """),
+        code("""
+        import pandas as pd
+
+        from fasb_tl.text_baseline import TextOnlyDetector, answer_texts, detection_metrics
+
+        train_texts, train_y = answer_texts([records[i] for i in split.train])
+        val_texts, val_y = answer_texts([records[i] for i in split.val])
+        val_acts = acts[n_train:n_probe]
+        best_layer, best_head = steerer.heads[0].tolist()
+        detectors = {
+            "text only (bag of words)": TextOnlyDetector().fit(train_texts, train_y).score(val_texts, val_y),
+            f"best head L{best_layer}H{best_head}": detection_metrics(
+                probes.predict_proba(val_acts)[:, best_layer, best_head], val_labels
+            ),
+            f"mean of the top {K} probes (FASB's p_true)": detection_metrics(
+                steerer.p_true(val_acts[:, steerer.heads[:, 0], steerer.heads[:, 1]]), val_labels
+            ),
+        }
+        pd.DataFrame(detectors).T.round(3)
+        """),
+        md("""
+        ### The probes where FASB reads them: the generation format
+
+        The probes above read short `Q: ... A: ...` prompts, but during generation they read the heads after
+        the instruction, the 6-shot primer, the question and the answer so far. First, how the paper's fixed
+        threshold (0.6) behaves there: the validation answers are replayed in the generation format and each
+        gets the lowest `p_true` FASB would see while generating it; an answer below the threshold triggers.
+        `calibrate_threshold` picks the threshold with the best balanced accuracy instead. Second, probes fitted
+        on a probe bank built in that format (`probe_bank(..., "generation")`, `fasb fit --probe-format
+        generation`): do they pick the same heads?
+        """),
+        code("""
+        from fasb_tl.calibration import calibrate_threshold, generation_format_scores
+
+        held_out = [records[i] for i in split.val]
+        scores, labels = generation_format_scores(model, steerer, held_out, back_steps=10, progress=PROGRESS)
+        calibration = calibrate_threshold(scores, labels)
+        print(
+            f"threshold 0.6 triggers on {100 * (scores[labels == 1] < 0.6).mean():.0f}% of true and "
+            f"{100 * (scores[labels == 0] < 0.6).mean():.0f}% of false answers"
+        )
+        print(
+            f"calibrated threshold {calibration.threshold:.3f} triggers on {100 * calibration.trigger_rate_true:.0f}% "
+            f"of true and {100 * calibration.trigger_rate_false:.0f}% of false answers "
+            f"(balanced accuracy {calibration.balanced_accuracy:.3f})"
+        )
+        """),
+        code("""
+        generation_train, _, _ = probe_bank([records[i] for i in split.train], "generation")
+        generation_val, _, _ = probe_bank(held_out, "generation")
+        generation_acts = collect_head_activations(
+            model, generation_train + generation_val, batch_size=8, progress=PROGRESS
+        )
+        generation_probes = HeadProbes(random_state=SEED).fit(
+            generation_acts[: len(generation_train)],
+            y_train,
+            generation_acts[len(generation_train) :],
+            y_val,
+            progress=PROGRESS,
+        )
+        generation_heads = generation_probes.top_heads(K)
+        shared = {tuple(h) for h in generation_heads.tolist()} & {tuple(h) for h in steerer.heads.tolist()}
+        print(
+            f"best head accuracy: Q:A: format {probes.val_accuracy_.max():.3f}, "
+            f"generation format {generation_probes.val_accuracy_.max():.3f}; "
+            f"{len(shared)} of the top {K} heads are shared"
+        )
+        fig = plot_head_accuracy(
+            generation_probes.val_accuracy_, generation_heads, title="probes fitted in the generation format"
+        )
+        """),
+        md("""
         ### Steering one head at a time
 
         For each of the top heads, a Steerer restricted to that head alone steers every answer choice of

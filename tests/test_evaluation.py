@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,8 +81,8 @@ def test_an_interrupted_run_resumes_without_duplicates(tiny_model, truthfulqa, t
     original_add = ResultStore.add
     calls = {"n": 0}
 
-    def add_then_die(self, row):
-        original_add(self, row)
+    def add_then_die(self, row, persist=True):
+        original_add(self, row, persist)
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
@@ -297,3 +298,19 @@ def test_multichoice_controls_and_plan_validation(tiny_model, tmp_path, data_dir
         EvalPlan(tasks=["copa"], methods=["iti"], controls=["sideways"])
     with pytest.raises(ValueError, match="threshold mode"):
         EvalPlan(tasks=["copa"], methods=["iti"], thresholds=["adaptive"])
+
+
+def test_plain_row_keys_match_the_committed_results():
+    """Keys must not drift: a committed result folder resumes only if today's code derives the same keys."""
+    folder = Path(__file__).resolve().parents[1] / "results" / "reduced" / "smollm2-135m-instruct"
+    rows = ResultStore(folder).rows
+    model = SimpleNamespace(cfg=SimpleNamespace(model_name=rows[0]["model"]))
+    copa = next(r for r in rows if r["task"] == "copa" and r["method"] == "fasb/paper")
+    evaluation = MultiChoiceEvaluation(model, "copa", MultiChoiceConfig(**copa["config"]), folder)
+    assert row_key(**evaluation._identity("fasb/paper")) == copa["key"]
+    mc = next(
+        r for r in rows if r["task"] == "truthfulqa-mc" and r["method"] == "fasb/question" and r["fold"] == 1
+    )
+    records = [SimpleNamespace(id=str(i)) for i in range(817)]
+    evaluation = TruthfulQAEvaluation(model, records, TruthfulQAConfig(**mc["config"]), folder)
+    assert row_key(**evaluation._identity(task="truthfulqa-mc", method="fasb/question", fold=1)) == mc["key"]

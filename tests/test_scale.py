@@ -14,6 +14,7 @@ from fasb_tl.data import load_truthfulqa
 from fasb_tl.distributed import Shard, sharded_map
 from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAEvaluation
+from fasb_tl.evaluation.variants import plan_variants
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import encode, load_model
 from fasb_tl.scoring import ScoringConfig, score_choices
@@ -28,6 +29,7 @@ TINY_TQA = TruthfulQAConfig(
     batch_size=2,
     generation_batch_size=2,
 )
+VARIANTS = plan_variants(["reversed"], thresholds=["fixed", "calibrated"])
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -99,8 +101,8 @@ def _tqa_rank(rank: int, world_size: int, rendezvous: str, out: str, data_dir: s
         records = load_truthfulqa(data_dir)[:40]
         evaluation = TruthfulQAEvaluation(model, records, TINY_TQA, out, progress=False)
         assert evaluation.shard == Shard(rank, world_size)
-        evaluation.run_mc(("none", "iti", "fasb"))
-        evaluation.run_generation(("none", "fasb"))
+        evaluation.run_mc(("none", "iti", "fasb"), variants=VARIANTS)
+        evaluation.run_generation(("none", "fasb"), variants=VARIANTS)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -109,16 +111,18 @@ def test_two_gloo_ranks_give_the_single_process_rows(tiny_model, data_dir, tmp_p
     single = TruthfulQAEvaluation(
         tiny_model, load_truthfulqa(data_dir)[:40], TINY_TQA, tmp_path / "one", progress=False
     )
-    single.run_mc(("none", "iti", "fasb"))
-    single.run_generation(("none", "fasb"))
+    single.run_mc(("none", "iti", "fasb"), variants=VARIANTS)
+    single.run_generation(("none", "fasb"), variants=VARIANTS)
     rendezvous = f"file://{tmp_path / 'rendezvous'}"
     mp.start_processes(
         _tqa_rank, args=(2, rendezvous, str(tmp_path / "two"), str(data_dir)), nprocs=2, start_method="spawn"
     )
     one, two = ResultStore(tmp_path / "one").rows, ResultStore(tmp_path / "two").rows
-    assert len(one) == len(two) == 12
+    # MC: none, iti, fasb/paper, fasb/question; + reversed iti and fasb x 2; + calibrated fasb x 2. Generation:
+    # none, fasb, reversed fasb, calibrated fasb. Per fold.
+    assert len(one) == len(two) == 2 * (4 + 3 + 2 + 4)
     assert comparable(two) == comparable(one)
-    for name in ("fasb-fold0.csv", "fasb-fold1.csv"):
+    for name in ("fasb-fold0.csv", "fasb~reversed-fold1.csv", "fasb~calibrated-fold1.csv"):
         assert (tmp_path / "two" / "answers" / name).read_text() == (
             tmp_path / "one" / "answers" / name
         ).read_text()

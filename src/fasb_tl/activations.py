@@ -114,8 +114,12 @@ def _extract(
         bar.update(len(chunk))
     bar.close()
     if shard.distributed:
-        mine = {i: piece for i, piece in enumerate(results) if piece is not None}
-        results = [shard.gather(mine)[i] for i in range(len(token_lists))]
+        merged = shard.gather({i: piece for i, piece in enumerate(results) if piece is not None})
+        if sorted(merged) != list(range(len(token_lists))):
+            raise RuntimeError(
+                f"the ranks returned activations for {len(merged)} of {len(token_lists)} prompts"
+            )
+        results = [merged[i] for i in range(len(token_lists))]
     return results  # type: ignore[return-value]
 
 

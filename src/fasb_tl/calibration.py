@@ -9,8 +9,11 @@ positions where FASB would check; :func:`calibrate_threshold` then picks the thr
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -20,6 +23,7 @@ from fasb_tl.activations import collect_span_activations
 from fasb_tl.data.prompts import generation_prompt
 from fasb_tl.data.records import DatasetError, QARecord
 from fasb_tl.distributed import Shard
+from fasb_tl.evaluation.results import atomic_write_text
 from fasb_tl.scoring import answer_tokens
 
 if TYPE_CHECKING:
@@ -49,6 +53,24 @@ class ThresholdCalibration:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "balanced_accuracy": self.balanced_accuracy}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write as JSON, atomically."""
+        target = Path(path)
+        atomic_write_text(target, json.dumps(self.to_dict(), indent=2))
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ThresholdCalibration:
+        """Read what :meth:`save` wrote (the derived balanced accuracy is recomputed, not read)."""
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+        stored.pop("balanced_accuracy", None)
+        return cls(**stored)
+
+
+def calibration_path(folder: str | os.PathLike, back_steps: int) -> Path:
+    """Where a calibration for ``back_steps`` is kept next to a Steerer."""
+    return Path(folder) / f"calibration-back{back_steps}.json"
 
 
 def _rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:

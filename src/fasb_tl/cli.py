@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from fasb_tl.data import DATASETS
+from fasb_tl.data.prompts import PROBE_FORMATS
 
 
 def _add_placement_options(parser: argparse.ArgumentParser) -> None:
@@ -95,21 +96,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace, model, steerer, held_out, out: Path) -> None:
     """Calibrate the threshold on held-out answers in the generation format and store it with the Steerer."""
-    import json
-
-    from fasb_tl.calibration import calibrate_threshold, generation_format_scores
-    from fasb_tl.evaluation.results import atomic_write_text
+    from fasb_tl.calibration import calibrate_threshold, calibration_path, generation_format_scores
+    from fasb_tl.generation import GenerationConfig
 
     scores, labels = generation_format_scores(model, steerer, held_out, back_steps=args.back_steps)
     calibration = calibrate_threshold(scores, labels)
-    atomic_write_text(
-        out / f"calibration-back{args.back_steps}.json", json.dumps(calibration.to_dict(), indent=2)
-    )
+    calibration.save(calibration_path(out, args.back_steps))
+    paper = GenerationConfig.threshold
     print(
         f"calibrated threshold {calibration.threshold:.3f} (back_steps {args.back_steps}): triggers on "
         f"{100 * calibration.trigger_rate_true:.1f}% of true and {100 * calibration.trigger_rate_false:.1f}% "
-        f"of false held-out answers; the paper's 0.6 would trigger on "
-        f"{100 * float((scores[labels == 1] < 0.6).mean()):.1f}% and {100 * float((scores[labels == 0] < 0.6).mean()):.1f}%"
+        f"of false held-out answers; the paper's {paper} would trigger on "
+        f"{100 * float((scores[labels == 1] < paper).mean()):.1f}% and "
+        f"{100 * float((scores[labels == 0] < paper).mean()):.1f}%"
     )
 
 
@@ -290,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--probe-format",
         default="qa",
-        choices=("qa", "generation"),
+        choices=PROBE_FORMATS,
         help="probe bank as the paper's 'Q: A:' prompts or in the generation prompt format",
     )
     fit.add_argument(

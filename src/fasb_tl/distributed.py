@@ -3,9 +3,10 @@
 Launch any ``fasb eval`` / ``fasb sweep`` under torchrun (``torchrun --nproc-per-node N -m fasb_tl.cli eval
 ...``); backend ``nccl`` on GPUs, ``gloo`` on CPUs. Work is split in whole batches: batch ``b`` of the
 single-process batching belongs to rank ``b % world_size``, so every batch has the composition it has in one
-process and the merged results equal a single process's, not merely within float noise. Each rank stores
-its finished batches in ``shards/<row group>/rank<r>-of-<w>.json`` before the merge, so a killed rank's rerun
-picks up what was done; rank 0 writes every result row, the other ranks only keep them in memory.
+process and the merged results equal a single process's, not merely within float noise. When a rank has
+finished its share of a row group it saves it in ``shards/<row group>/rank<r>-of-<w>.json`` before the
+merge, so after a crash only the ranks that had not finished redo their share; rank 0 writes every result
+row, the other ranks only keep them in memory. The result folder must be on a file system every rank sees.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +23,10 @@ import torch
 import torch.distributed as dist
 
 from fasb_tl.evaluation.results import atomic_write_text
+
+# Rank 0 alone judges answers and writes results while the others wait in a collective; the backends'
+# defaults (10 min for nccl, 30 for gloo) are too short for a 7B judge model on a few hundred answers.
+COLLECTIVE_TIMEOUT = timedelta(hours=3)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -63,7 +69,7 @@ class Shard:
             dist.barrier()
 
     def from_main(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank."""
+        """Rank 0's ``value`` on every rank (the other ranks' ``value`` is ignored)."""
         if not self.distributed:
             return value
         box = [value if self.is_main else None]
@@ -89,18 +95,18 @@ def current_shard() -> Shard:
     return Shard()
 
 
-def init_from_env(backend: str | None = None) -> Shard:
+def init_from_env(backend: str | None = None, timeout: timedelta = COLLECTIVE_TIMEOUT) -> Shard:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment); otherwise a no-op.
 
     ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``. With ``nccl`` each rank uses the
-    GPU ``LOCAL_RANK``.
+    GPU ``LOCAL_RANK``. ``timeout`` bounds every collective wait.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     return current_shard()
 
 
@@ -117,8 +123,9 @@ def sharded_map(
     """``compute`` over ``items`` in batches of ``batch_size``, each rank doing its own batches, merged in item
     order on every rank.
 
-    With ``store`` (a folder) and more than one rank, each rank first saves its results, JSON-encoded by
-    ``encode``, as ``store/rank<r>-of-<w>.json``, and reuses that file when it is already there (resume).
+    With ``store`` (a folder) and more than one rank, each rank saves its results once it has all of them,
+    JSON-encoded by ``encode``, as ``store/rank<r>-of-<w>.json``, and reuses that file when it is already
+    there (resume).
     In a single process ``compute`` runs once over all items, batching left to it.
     """
     if not shard.distributed:

@@ -322,7 +322,7 @@ def head_directions(
 
 
 ControlKind = Literal["reversed", "random"]
-CONTROL_KINDS = ("reversed", "random")
+CONTROLS = ("reversed", "random")
 
 
 def control_steerer(steerer: Steerer, kind: ControlKind, seed: int = 0) -> Steerer:
@@ -338,7 +338,7 @@ def control_steerer(steerer: Steerer, kind: ControlKind, seed: int = 0) -> Steer
         generator = torch.Generator().manual_seed(seed)
         directions, label = _unit(torch.randn(steerer.directions.shape, generator=generator)), "random"
     else:
-        raise ProbeError(f"unknown control {kind!r}: expected one of {CONTROL_KINDS}")
+        raise ProbeError(f"unknown control {kind!r}: expected one of {CONTROLS}")
     return Steerer(
         heads=steerer.heads.clone(),
         directions=directions.to(steerer.directions.dtype),

@@ -25,13 +25,17 @@ from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.multichoice_data import ChoiceRecord, load_task, sample
 from fasb_tl.evaluation.results import ResultStore, row_key
-from fasb_tl.evaluation.sharding import ShardedRows, sharded_score_choices
+from fasb_tl.evaluation.sharding import (
+    ShardedRows,
+    load_or_compute,
+    load_steerer_if_valid,
+    sharded_score_choices,
+)
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.models import model_name
 from fasb_tl.scoring import ScoringConfig, named_configs
 from fasb_tl.steering import (
     Steerer,
-    SteererFormatError,
     control_steerer,
     model_meta,
     steerer_from_activations,
@@ -112,10 +116,15 @@ class MultiChoiceEvaluation:
         """The task's Steerer, reused from ``steerers/`` when present, else fitted on the pool and saved."""
         cfg = self.config
         folder = self.out / "steerers" / f"{self.task}-{cfg.direction}-k{cfg.k}-pool{cfg.n_pool}"
-        try:
-            return Steerer.load(folder, model=self.model)
-        except SteererFormatError:
-            pass
+        return load_or_compute(
+            self.shard,
+            lambda: load_steerer_if_valid(folder, self.model),
+            self._fit_steerer,
+            lambda steerer: steerer.save(folder, overwrite=True),
+        )
+
+    def _fit_steerer(self) -> Steerer:
+        cfg = self.config
         pool = sample(load_task(self.task, "pool", self.data_dir), cfg.n_pool, cfg.seed)
         prompts, labels, owners = option_bank(pool)
         order = np.random.RandomState(cfg.seed).permutation(len(pool))
@@ -145,8 +154,6 @@ class MultiChoiceEvaluation:
             seed=cfg.seed,
             progress=self.progress,
         )
-        if self.shard.is_main:
-            steerer.save(folder, overwrite=True)
         return steerer
 
     def configs(self, methods: Sequence[str], protocols: Sequence[str]) -> dict[str, ScoringConfig]:

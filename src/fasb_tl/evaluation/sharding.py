@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fasb_tl.distributed import Shard, sharded_map
 from fasb_tl.evaluation.results import ResultStore, row_key
 from fasb_tl.scoring import ChoiceScores, ScoringConfig, score_choices_many
+from fasb_tl.steering import Steerer, SteererFormatError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
     from fasb_tl.prefix import PrefixCache
-    from fasb_tl.steering import Steerer
+
+
+T = TypeVar("T")
+
+
+def load_or_compute(
+    shard: Shard, load: Callable[[], T | None], compute: Callable[[], T], save: Callable[[T], None]
+) -> T:
+    """Rank 0's stored artifact (``load``; None when absent) on every rank, else ``compute`` on every rank (its
+    collectives need them all) and ``save`` by rank 0, so all ranks take the same path and hold the same value."""
+    value = shard.from_main(load() if shard.is_main else None)
+    if value is None:
+        value = compute()
+        if shard.is_main:
+            save(value)
+        shard.barrier()
+    return value
+
+
+def load_steerer_if_valid(folder: Path, model: TransformerBridge) -> Steerer | None:
+    """The Steerer saved in ``folder`` for ``model``, or None when there is none (or it is unreadable)."""
+    try:
+        return Steerer.load(folder, model=model)
+    except SteererFormatError:
+        return None
 
 
 class ShardedRows:
@@ -26,9 +51,6 @@ class ShardedRows:
     def __init__(self, store: ResultStore, shard: Shard):
         self.store = store
         self.shard = shard
-
-    def has(self, key: str) -> bool:
-        return self.store.has(key)
 
     def shard_folder(self, keys: Sequence[str]) -> Path:
         """Where the ranks keep their finished batches of the rows ``keys``."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +25,12 @@ from tqdm.auto import tqdm
 from fasb_tl import __version__
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
-from fasb_tl.calibration import ThresholdCalibration, calibrate_threshold, generation_format_scores
+from fasb_tl.calibration import (
+    ThresholdCalibration,
+    calibrate_threshold,
+    calibration_path,
+    generation_format_scores,
+)
 from fasb_tl.data import (
     QARecord,
     extract_answer,
@@ -39,7 +43,12 @@ from fasb_tl.data.prompts import tuning_bank
 from fasb_tl.distributed import Shard, current_shard, sharded_map
 from fasb_tl.evaluation.judges import Judge, accept
 from fasb_tl.evaluation.results import ResultStore, atomic_write_text, row_key
-from fasb_tl.evaluation.sharding import ShardedRows, sharded_score_choices
+from fasb_tl.evaluation.sharding import (
+    ShardedRows,
+    load_or_compute,
+    load_steerer_if_valid,
+    sharded_score_choices,
+)
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.generation import GenerationConfig, GenerationResult, generate
 from fasb_tl.models import model_name
@@ -47,7 +56,6 @@ from fasb_tl.prefix import PrefixCache, build_prefix_cache
 from fasb_tl.scoring import ScoringConfig, named_configs
 from fasb_tl.steering import (
     Steerer,
-    SteererFormatError,
     control_steerer,
     model_meta,
     steerer_from_activations,
@@ -151,6 +159,7 @@ class TruthfulQAEvaluation:
         self.caa = caa or CAAConfig()
         self._caa: dict[int, ResidualSteerer] = {}
         self._calibration: dict[int, ThresholdCalibration] = {}
+        self._steerers: dict[int, Steerer] = {}
 
     def _identity(self, **fields) -> dict:
         identity = {"task": fields.pop("task"), "model": model_name(self.model), **fields}
@@ -187,36 +196,42 @@ class TruthfulQAEvaluation:
     def calibration(self, fold: int) -> ThresholdCalibration:
         """The fold's threshold calibrated on its validation questions in the generation format (balanced
         accuracy), stored next to the Steerer so reruns reuse it."""
-        if fold in self._calibration:
-            return self._calibration[fold]
-        path = self._steerer_folder(fold) / f"calibration-back{self.config.back_steps}.json"
-        if path.is_file():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            stored.pop("balanced_accuracy", None)
-            calibration = ThresholdCalibration(**stored)
-        else:
-            scores, labels = generation_format_scores(
-                self.model,
-                self.steerer(fold),
-                [self.records[i] for i in self.splits[fold].val],
-                back_steps=self.config.back_steps,
-                batch_size=self.config.generation_batch_size,
-                progress=self.progress,
-                shard=self.shard,
+        if fold not in self._calibration:
+            path = calibration_path(self._steerer_folder(fold), self.config.back_steps)
+            self._calibration[fold] = load_or_compute(
+                self.shard,
+                lambda: ThresholdCalibration.load(path) if path.is_file() else None,
+                lambda: self._calibrate(fold),
+                lambda calibration: calibration.save(path),
             )
-            calibration = calibrate_threshold(scores, labels)
-            if self.shard.is_main:
-                atomic_write_text(path, json.dumps(calibration.to_dict(), indent=2))
-        self._calibration[fold] = calibration
-        return calibration
+        return self._calibration[fold]
+
+    def _calibrate(self, fold: int) -> ThresholdCalibration:
+        scores, labels = generation_format_scores(
+            self.model,
+            self.steerer(fold),
+            [self.records[i] for i in self.splits[fold].val],
+            back_steps=self.config.back_steps,
+            batch_size=self.config.generation_batch_size,
+            progress=self.progress,
+            shard=self.shard,
+        )
+        return calibrate_threshold(scores, labels)
 
     def steerer(self, fold: int) -> Steerer:
-        """The fold's Steerer, loaded from ``steerers/fold{i}`` when present, else fitted and saved there."""
-        folder = self._steerer_folder(fold)
-        try:
-            return Steerer.load(folder, model=self.model)
-        except SteererFormatError:
-            pass
+        """The fold's Steerer: kept in memory, else loaded from ``steerers/fold{i}-...``, else fitted and saved
+        there."""
+        if fold not in self._steerers:
+            folder = self._steerer_folder(fold)
+            self._steerers[fold] = load_or_compute(
+                self.shard,
+                lambda: load_steerer_if_valid(folder, self.model),
+                lambda: self._fit_steerer(fold),
+                lambda steerer: steerer.save(folder, overwrite=True),
+            )
+        return self._steerers[fold]
+
+    def _fit_steerer(self, fold: int) -> Steerer:
         split = self.splits[fold]
         # Each fold's probe bank covers only its own train + val questions (the other folds' test sets), so
         # fitting every fold extracts each question once; the tuning bank is shared by all folds.
@@ -259,8 +274,6 @@ class TruthfulQAEvaluation:
             seed=self.config.seed,
             progress=self.progress,
         )
-        if self.shard.is_main:
-            steerer.save(folder, overwrite=True)
         return steerer
 
     @property
@@ -388,7 +401,7 @@ class TruthfulQAEvaluation:
             questions = [self.records[i] for i in self._subset(split.test, cfg.n_generation, salt=2)]
             for variant in variants:
                 for method in methods:
-                    if variant.applies_to(method) and not (method == "caa" and variant.label):
+                    if variant.applies_to(method):
                         self._generate_row(fold, questions, method, variant)
 
     def _generate_row(self, fold: int, questions: list[QARecord], method: str, variant: Variant) -> None:

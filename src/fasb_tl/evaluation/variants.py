@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-CONTROLS = ("reversed", "random")
+from fasb_tl.steering import CONTROLS
+
 THRESHOLD_MODES = ("fixed", "calibrated")
 # Methods whose steering direction a control replaces (CAA has its own vector; none steers nothing).
 CONTROLLED_METHODS = ("iti", "question", "no_backtrack", "fixed", "fasb")
