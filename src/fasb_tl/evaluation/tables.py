@@ -30,16 +30,22 @@ def _mc_value(mc: dict[str, float], method: str, protocol: str) -> float:
     return mc.get(f"{method}/{protocol}", mc.get(method, np.nan))
 
 
-def truthfulqa_table(rows: list[dict], variant: str = "") -> pd.DataFrame:
-    """Table 1: True, Info, True*Info (per truth judge) and MC1/MC2 (per protocol), fold-averaged, in %.
-
-    ``variant`` selects a control (``reversed``, ``random``) or ``calibrated`` instead of the plain methods."""
+def _judge_names(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """The truth judges and the info judges that scored the generation rows."""
     judges: dict[str, dict] = {}
     for row in rows:
         if row["task"] == "truthfulqa-gen":
             judges.update(row.get("judges", {}))
     truth = [name for name, j in judges.items() if j["kind"] == "truth"]
     info = [name for name, j in judges.items() if j["kind"] == "info"]
+    return truth, info
+
+
+def truthfulqa_table(rows: list[dict], variant: str = "") -> pd.DataFrame:
+    """Table 1: True, Info, True*Info (per truth judge) and MC1/MC2 (per protocol), fold-averaged, in %.
+
+    ``variant`` selects a control (``reversed``, ``random``) or ``calibrated`` instead of the plain methods."""
+    truth, info = _judge_names(rows)
     table = {}
     mc = {metric: _fold_mean(rows, "truthfulqa-mc", metric, variant) for metric in ("mc1", "mc2")}
     generated = {name: _fold_mean(rows, "truthfulqa-gen", name, variant) for name in truth + info}
@@ -87,12 +93,7 @@ class Column:
 
 def truthfulqa_columns(rows: list[dict]) -> dict[str, Column]:
     """Table 1's columns (as in :func:`truthfulqa_table`) for the judges present in ``rows``."""
-    judges: dict[str, dict] = {}
-    for row in rows:
-        if row["task"] == "truthfulqa-gen":
-            judges.update(row.get("judges", {}))
-    truth = [name for name, j in judges.items() if j["kind"] == "truth"]
-    info = [name for name, j in judges.items() if j["kind"] == "info"]
+    truth, info = _judge_names(rows)
     columns = {f"True ({t})": Column("truthfulqa-gen", (t,)) for t in truth}
     columns |= {f"Info ({i})": Column("truthfulqa-gen", (i,)) for i in info}
     columns |= {f"True*Info ({t} x {i})": Column("truthfulqa-gen", (t, i)) for t in truth for i in info}
