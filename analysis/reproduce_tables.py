@@ -16,7 +16,6 @@ import argparse
 import shlex
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,21 +61,50 @@ def git_revision() -> str:
 
 
 def plans(args: argparse.Namespace) -> list[EvalPlan]:
-    steering = {"k": args.k, "alpha": args.alpha, "threshold": args.threshold, "back_steps": args.back_steps}
-    tqa = TruthfulQAConfig(**steering, n_mc=args.n_mc, n_generation=args.n_gen)
-    mc = MultiChoiceConfig(**steering, n_eval=args.n_items, n_pool=args.n_pool)
+    """The main tables' plans, each run into ``args.out``; cheapest first, so an interrupted run still has
+    whole tables: the six tasks, TruthfulQA MC (with the detector comparison), generation."""
+    tqa = TruthfulQAConfig(**steering(args), n_mc=args.n_mc, n_generation=args.n_gen)
+    mc = MultiChoiceConfig(**steering(args), n_eval=args.n_items, n_pool=args.n_pool)
     common = {"methods": METHODS, "truthfulqa": tqa, "multichoice": mc}
-    variants = {"controls": args.controls, "n_random": args.n_random, "thresholds": args.thresholds}
-    # Cheapest first, so an interrupted run still has whole tables: the six tasks, TruthfulQA MC, generation;
-    # then the same again with the controls and the calibrated threshold (the plain rows are skipped there).
-    plain = [
+    return [
         EvalPlan(tasks=list(TASKS), **common),
-        EvalPlan(tasks=["truthfulqa"], generation=False, **common),
+        EvalPlan(tasks=["truthfulqa"], generation=False, detection=True, **common),
         EvalPlan(tasks=["truthfulqa"], mc=False, **common),
     ]
+
+
+def variant_plans(args: argparse.Namespace) -> list[EvalPlan]:
+    """The controls and the calibrated threshold, run into ``args.variants_out`` on a seeded subset of the
+    questions with their own unsteered and real-direction rows, so every comparison is on the same questions.
+    A subset because each control multiplies the cost of every steered row (all of them at full size would be
+    about eight hours on 2 CPU cores); ``--variant-n-mc 817`` etc. run them at full size."""
     if not args.controls and args.thresholds == ["fixed"]:
-        return plain
-    return plain + [replace(plan, **variants) for plan in plain]
+        return []
+    tqa = TruthfulQAConfig(**steering(args), n_mc=args.variant_n_mc, n_generation=args.variant_n_gen)
+    mc = MultiChoiceConfig(**steering(args), n_eval=args.variant_n_items, n_pool=args.n_pool)
+    # CAA has its own vector and no threshold: no variant applies to it, and its plain rows are in the main run.
+    common = {
+        "methods": [m for m in METHODS if m != "caa"],
+        "truthfulqa": tqa,
+        "multichoice": mc,
+        "controls": args.controls,
+        "n_random": args.n_random,
+        "thresholds": args.thresholds,
+    }
+    plans = []
+    six = [t for t in args.variant_tasks if t in TASKS]
+    if six:
+        plans.append(EvalPlan(tasks=six, **common))
+    if "truthfulqa" in args.variant_tasks:
+        plans += [
+            EvalPlan(tasks=["truthfulqa"], generation=False, **common),
+            EvalPlan(tasks=["truthfulqa"], mc=False, **common),
+        ]
+    return plans
+
+
+def steering(args: argparse.Namespace) -> dict:
+    return {"k": args.k, "alpha": args.alpha, "threshold": args.threshold, "back_steps": args.back_steps}
 
 
 def ablation_table(tqa: pd.DataFrame) -> pd.DataFrame:
@@ -165,16 +193,37 @@ def controls_table(rows: list[dict]) -> pd.DataFrame:
     }
     columns |= {k: v for k, v in truthfulqa_columns(rows).items() if k.startswith("True*Info")}
     parts = []
+    six_tasks = any(r["task"] in TASKS for r in rows)
     for label, name in (("", "real"), ("reversed", "reversed"), ("random", "random")):
         frame = uncertainty_table(rows, columns, variant=label)
         frame = frame.loc[[m for m in CONTROLLED_METHODS if m in frame.index]]
-        averages = multichoice_table(rows, "paper", label).get("Avg", pd.Series(dtype=float))
-        frame["six-task Avg (paper)"] = [f"{averages[m]:.1f}" if m in averages else "-" for m in frame.index]
+        for which in ("true", "false"):
+            changes: dict[str, list[float]] = {}
+            for r in rows:
+                if (
+                    r["task"] == "truthfulqa-mc"
+                    and row_variant(r) == label
+                    and not r["method"].endswith("/question")
+                ):
+                    changes.setdefault(r["method"].removesuffix("/paper"), []).append(
+                        r[f"loglik_change_{which}"]
+                    )
+            frame[f"Δ loglik {which} (paper)"] = [
+                f"{np.mean(changes[m]):.2f}" if m in changes else "-" for m in frame.index
+            ]
+        if six_tasks:
+            averages = multichoice_table(rows, "paper", label).get("Avg", pd.Series(dtype=float))
+            frame["six-task Avg (paper)"] = [
+                f"{averages[m]:.1f}" if m in averages else "-" for m in frame.index
+            ]
         frame.index = [f"{m} ({name})" for m in frame.index]
         parts.append(frame)
+    baseline = uncertainty_table(rows, columns)
+    if "none" in baseline.index:
+        parts.insert(0, baseline.loc[["none"]])
     frame = pd.concat(parts)
-    order = [f"{m} ({n})" for m in CONTROLLED_METHODS for n in ("real", "reversed", "random")]
-    return frame.loc[[i for i in order if i in frame.index]]
+    order = ["none", *(f"{m} ({n})" for m in CONTROLLED_METHODS for n in ("real", "reversed", "random"))]
+    return frame.loc[[i for i in order if i in frame.index]].fillna("-")
 
 
 def calibration_lines(rows: list[dict]) -> list[str]:
@@ -202,6 +251,13 @@ def thresholds_table(rows: list[dict]) -> pd.DataFrame:
         for r in rows:
             if r["task"] == "truthfulqa-gen" and row_variant(r) == label:
                 gen.setdefault(r["method"], []).append(100 * r["trigger_rate"])
+        steered: dict[str, list[float]] = {}
+        for r in rows:
+            if r["task"] == "truthfulqa-mc" and row_variant(r) == label and "steered_fraction" in r:
+                steered.setdefault(r["method"].removesuffix("/paper"), []).append(100 * r["steered_fraction"])
+        frame["MC candidates steered (%, paper)"] = [
+            f"{np.mean(steered[m]):.1f}" if m in steered else "-" for m in frame.index
+        ]
         frame["answers triggered (%)"] = [f"{np.mean(gen[m]):.1f}" if m in gen else "-" for m in frame.index]
         frame.index = [f"{m} ({name})" for m in frame.index]
         parts.append(frame)
@@ -210,8 +266,48 @@ def thresholds_table(rows: list[dict]) -> pd.DataFrame:
     return frame.loc[[i for i in order if i in frame.index]]
 
 
-def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
+def detection_table(rows: list[dict]) -> pd.DataFrame:
+    """Per fold and averaged: the head probes' score vs the text-only detector on the test answers."""
+    found = [r for r in rows if r["task"] == "truthfulqa-detect"]
+    labels = {
+        "probes": "mean P(true) of the top-K head probes (FASB's score)",
+        "text_only": "text only (bag of words)",
+    }
+    table: dict[str, dict[str, float]] = {}
+    for r in sorted(found, key=lambda r: r["fold"]):
+        entry = table.setdefault(labels.get(r["method"], r["method"]), {})
+        entry[f"AUROC fold {r['fold']}"] = r["auroc"]
+        entry[f"accuracy fold {r['fold']}"] = r["accuracy"]
+    frame = pd.DataFrame(table).T
+    if not frame.empty:
+        frame["AUROC (mean)"] = frame.filter(like="AUROC fold").mean(axis=1)
+        frame["accuracy (mean)"] = frame.filter(like="accuracy fold").mean(axis=1)
+    return frame
+
+
+def variant_settings(rows: list[dict]) -> str:
+    """Where the controls and the calibrated threshold were computed, as stored in their rows."""
+    mc = next((r for r in rows if r["task"] == "truthfulqa-mc"), None)
+    gen = next((r for r in rows if r["task"] == "truthfulqa-gen"), None)
+    parts = []
+    if mc:
+        n = mc["config"]["n_mc"]
+        parts.append(f"TruthfulQA MC on {'all 817' if n is None else f'a seeded subset of {n}'} questions")
+    if gen:
+        parts.append(f"generation on a seeded subset of {gen['config']['n_generation']} questions")
+    six = sorted({r["task"] for r in rows if r["task"] in TASKS})
+    if six:
+        parts.append("the six-task rows on " + ", ".join(six))
+    seeds = sorted({r["control_seed"] for r in rows if "control_seed" in r})
+    return (
+        "Computed on " + "; ".join(parts) + f", with their own `none` and real-direction rows on the same"
+        f" questions (random directions: {len(seeds)} seed(s), averaged). Same steering settings as above."
+    )
+
+
+def write_report(args: argparse.Namespace, store: ResultStore, variants: ResultStore) -> Path:
     rows = store.rows
+    variant_rows = variants.rows
     tqa = truthfulqa_table(rows)
     gen_rows = [r for r in rows if r["task"] == "truthfulqa-gen" and not row_variant(r)]
     triggers = {r["method"]: [] for r in gen_rows}
@@ -219,7 +315,10 @@ def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
         triggers[r["method"]].append(100 * r["trigger_rate"])
     # Rows scored in one pass share that pass's time (to the second); count each pass once.
     compute = sum(
-        seconds for _, _, seconds in {(r["task"], r.get("fold"), round(r.get("seconds", 0.0))) for r in rows}
+        seconds
+        for _, _, seconds in {
+            (r["task"], r.get("fold"), round(r.get("seconds", 0.0))) for r in [*rows, *variant_rows]
+        }
     )
     missing = missing_rows(rows)
     lines = [
@@ -246,6 +345,11 @@ def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
             + ", ".join(missing),
             "",
         ]
+    reading = Path(args.reading) if args.reading else None
+    if reading is not None and reading.is_file():
+        # Written by a person after looking at the tables; kept in its own file so a rebuild keeps it.
+        lines += ["## In plain words", "", f"_From `{reading}`, written after reading the tables below._", ""]
+        lines += [reading.read_text().strip(), ""]
     lines += [
         "## Table 1: TruthfulQA (%)",
         "",
@@ -295,32 +399,55 @@ def write_report(args: argparse.Namespace, store: ResultStore) -> Path:
             "",
         ]
     lines += ["## Ablations (Table 3 layout)", "", to_markdown(ablation_table(tqa)), ""]
-    lines += ["## Controls: the same steering along the reversed and random directions", ""]
-    if any(row_variant(r) in ("reversed", "random") for r in rows):
+    lines += ["## What the probes read: head probes vs a text-only detector", ""]
+    detection = detection_table(rows)
+    if detection.empty:
+        lines += ["_Not computed yet: rerun the command (it runs with TruthfulQA MC)._", ""]
+    else:
         lines += [
-            to_markdown(controls_table(rows)),
+            (
+                "Every answer of each test fold (`Q: {q} A: {a}`, the probes' own format), true vs false: FASB's"
+                " score (the mean P(true) of the fold's top-K head probes, the number its gate thresholds) and a"
+                " bag-of-words logistic regression on the answer text alone, trained on the same train + val"
+                ' questions. Accuracy counts P(true) >= 0.5 as "true". A text-only AUROC close to the probes\''
+                " means most of what the probes detect is the wording of the answer, which the paper protocol's"
+                " per-candidate decision rewards."
+            ),
+            "",
+            to_markdown(detection, digits=3),
+            "",
+        ]
+    lines += ["## Controls: the same steering along the reversed and random directions", ""]
+    if any(row_variant(r) in ("reversed", "random") for r in variant_rows):
+        lines += [
+            variant_settings(variant_rows),
+            "",
+            to_markdown(controls_table(variant_rows)),
             "",
             (
                 "Same heads, strengths and gating (the probes decide as before); only the direction added to"
                 " each head changes: reversed, or a random unit vector (seeded, averaged over the seeds)."
-                " `(ns)` compares with `none`. A method whose controls gain as much as its real direction is"
-                " not moving the model towards truth."
+                " `(ns)` compares with `none`. Δ loglik: mean change in the log-likelihood of true and of false"
+                " answers (nats, fold- and seed-averaged; paper protocol). A method whose controls gain as much"
+                " as its real direction is not moving the model towards truth."
             ),
             "",
         ]
     else:
         lines += ["_Not computed yet: rerun the command (the controls run after the main tables)._", ""]
     lines += ["## Threshold: the paper's fixed value vs one calibrated on held-out answers", ""]
-    if any(row_variant(r) == "calibrated" for r in rows):
+    if any(row_variant(r) == "calibrated" for r in variant_rows):
         lines += [
+            variant_settings(variant_rows),
+            "",
             (
                 "Calibrated per fold on the validation questions' reference answers replayed in the generation"
                 " format (prefix + question + answer so far), maximising the detector's balanced accuracy:"
             ),
             "",
-            *calibration_lines(rows),
+            *calibration_lines(variant_rows),
             "",
-            to_markdown(thresholds_table(rows)),
+            to_markdown(thresholds_table(variant_rows)),
             "",
         ]
     else:
@@ -368,24 +495,54 @@ def main(argv: list[str] | None = None) -> int:
         default="reversed,random",
         help="direction controls beside every steering method ('' for none)",
     )
-    parser.add_argument("--n-random", type=int, default=3, help="seeds of the random-direction control")
+    parser.add_argument("--n-random", type=int, default=2, help="seeds of the random-direction control")
     parser.add_argument(
         "--thresholds", default="fixed,calibrated", help="'fixed' and/or 'calibrated' (TruthfulQA only)"
+    )
+    parser.add_argument(
+        "--variants-out",
+        default=None,
+        help="result folder of the controls and thresholds (default OUT/variants)",
+    )
+    parser.add_argument(
+        "--variant-n-mc", type=int, default=100, help="TruthfulQA MC questions for the variants"
+    )
+    parser.add_argument("--variant-n-gen", type=int, default=30, help="generation questions for the variants")
+    parser.add_argument("--variant-n-items", type=int, default=200, help="six-task items for the variants")
+    parser.add_argument(
+        "--variant-tasks",
+        default="truthfulqa",
+        help="tasks that get the controls and the calibrated threshold: truthfulqa and/or six-task names",
+    )
+    parser.add_argument(
+        "--reading",
+        default=None,
+        help="Markdown with the plain-words reading of the tables, put at the top of the report"
+        " (default results/<model>.reading.md when it exists)",
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     args.controls = [c for c in args.controls.split(",") if c]
     args.thresholds = [t for t in args.thresholds.split(",") if t]
+    args.variant_tasks = [t for t in args.variant_tasks.split(",") if t]
+    unknown = [t for t in args.variant_tasks if t not in ("truthfulqa", *TASKS)]
+    if unknown:
+        parser.error(f"--variant-tasks: unknown task(s) {unknown}; expected truthfulqa or some of {TASKS}")
     args.out = args.out or f"results/{args.model}"
     args.report = args.report or f"results/{args.model}.md"
+    args.reading = args.reading or f"results/{args.model}.reading.md"
+    args.variants_out = args.variants_out or str(Path(args.out) / "variants")
     shown = [a for a in (argv or sys.argv[1:]) if a != "--report-only"]
-    args.command = "python analysis/reproduce_tables.py " + " ".join(shlex.quote(a) for a in shown)
+    args.command = " ".join(["python analysis/reproduce_tables.py", *(shlex.quote(a) for a in shown)])
+    steerers = Path(args.out) / "steerers"
     if not args.report_only:
         model = load_model(args.model)
-        for plan in plans(args):
-            run_plan(model, plan, args.out, args.data_dir)
-            write_report(args, ResultStore(args.out))
-    report = write_report(args, ResultStore(args.out))
+        runs = [(plan, args.out) for plan in plans(args)]
+        runs += [(plan, args.variants_out) for plan in variant_plans(args)]
+        for plan, out in runs:
+            run_plan(model, plan, out, args.data_dir, steerer_dir=steerers)
+            write_report(args, ResultStore(args.out), ResultStore(args.variants_out))
+    report = write_report(args, ResultStore(args.out), ResultStore(args.variants_out))
     print(f"wrote {report}")
     return 0
 

@@ -9,9 +9,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+from sklearn.metrics import roc_auc_score
 
+from fasb_tl.activations import collect_head_activations
 from fasb_tl.cli import main
-from fasb_tl.data import load_truthfulqa
+from fasb_tl.data import load_truthfulqa, probe_bank
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
 from fasb_tl.evaluation.results import ResultStore, row_key
 from fasb_tl.evaluation.runner import EvalPlan, sweep_plans
@@ -274,12 +277,51 @@ def test_controls_and_calibrated_variants_sit_beside_the_plain_rows(
     )
     frame = uncertainty_table(rows, {"mc2": Column("truthfulqa-mc", ("mc2",), "paper")}, variant="reversed")
     assert list(frame.index) == ["iti", "fasb"]
+    evaluation.run_detection()
+    (tmp_path / "reading.md").write_text("Reversed steering also helps here.\n")
     report = reproduce_tables.write_report(
-        argparse.Namespace(model="tiny", command="test", report=tmp_path / "report.md"),
+        argparse.Namespace(
+            model="tiny", command="test", report=tmp_path / "report.md", reading=tmp_path / "reading.md"
+        ),
+        ResultStore(tmp_path / "all"),
         ResultStore(tmp_path / "all"),
     ).read_text()
     assert "fasb (reversed)" in report and "fasb (calibrated)" in report and "Not computed" not in report
     assert "- fold 1: threshold" in report
+    assert "| text only (bag of words) |" in report
+    assert "## In plain words" in report and "Reversed steering also helps here." in report
+
+
+def test_detection_rows_compare_the_fold_probes_with_a_text_only_detector(tiny_model, truthfulqa, tmp_path):
+    steerers = tmp_path / "shared-steerers"
+    evaluation = TruthfulQAEvaluation(
+        tiny_model, truthfulqa, TINY_TQA, tmp_path / "run", progress=False, steerer_dir=steerers
+    )
+    evaluation.run_detection()
+    rows = ResultStore(tmp_path / "run").rows
+    assert sorted((r["method"], r["fold"]) for r in rows) == [
+        ("probes", 0),
+        ("probes", 1),
+        ("text_only", 0),
+        ("text_only", 1),
+    ]
+    assert (steerers / "fold0-mass_mean-k4" / "steerer.json").is_file()  # shared, not under run/
+    assert not (tmp_path / "run" / "steerers").exists()
+    # The probes' AUROC again, reading each head straight from every layer's hook_z (not through head_values).
+    split = evaluation.splits[1]
+    test = [truthfulqa[i] for i in split.test]
+    prompts, labels, _ = probe_bank(test)
+    steerer = evaluation.steerer(1)
+    z = collect_head_activations(tiny_model, prompts, progress=False)
+    p_true = steerer.p_true(z[:, steerer.heads[:, 0], steerer.heads[:, 1]])
+    probes = next(r for r in rows if r["method"] == "probes" and r["fold"] == 1)
+    assert probes["auroc"] == pytest.approx(roc_auc_score(labels, p_true.numpy()))
+    assert probes["n_answers"] == len(labels)
+    # Rerunning computes nothing new and a second folder reuses the shared Steerer.
+    evaluation.run_detection()
+    assert len(ResultStore(tmp_path / "run").rows) == 4
+    again = TruthfulQAEvaluation(tiny_model, truthfulqa, TINY_TQA, tmp_path / "b", steerer_dir=steerers)
+    assert torch.equal(again.steerer(1).directions, steerer.directions)
 
 
 def test_multichoice_controls_and_plan_validation(tiny_model, tmp_path, data_dir):
@@ -314,3 +356,23 @@ def test_plain_row_keys_match_the_committed_results():
     records = [SimpleNamespace(id=str(i)) for i in range(817)]
     evaluation = TruthfulQAEvaluation(model, records, TruthfulQAConfig(**mc["config"]), folder)
     assert row_key(**evaluation._identity(task="truthfulqa-mc", method="fasb/question", fold=1)) == mc["key"]
+
+
+def test_reproduce_tables_runs_the_variants_on_their_own_subset_without_caa():
+    args = argparse.Namespace(
+        k=24, alpha=15.0, threshold=0.6, back_steps=10, n_mc=None, n_gen=200, n_items=200, n_pool=300,
+        controls=["reversed", "random"], n_random=2, thresholds=["fixed", "calibrated"],
+        variant_n_mc=200, variant_n_gen=40, variant_n_items=50, variant_tasks=["truthfulqa", "copa"],
+    )  # fmt: skip
+    main_plans, variant_plans = reproduce_tables.plans(args), reproduce_tables.variant_plans(args)
+    assert all(p.controls == () and p.thresholds == ("fixed",) for p in main_plans)
+    assert [p.tasks for p in variant_plans] == [["copa"], ["truthfulqa"], ["truthfulqa"]]
+    assert all("caa" not in p.methods and p.controls == ["reversed", "random"] for p in variant_plans)
+    assert variant_plans[1].truthfulqa.n_mc == 200 and variant_plans[2].truthfulqa.n_generation == 40
+    assert variant_plans[0].multichoice.n_eval == 50 and main_plans[0].multichoice.n_eval == 200
+    assert (
+        reproduce_tables.variant_plans(
+            argparse.Namespace(**{**vars(args), "controls": [], "thresholds": ["fixed"]})
+        )
+        == []
+    )

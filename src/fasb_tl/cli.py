@@ -157,6 +157,7 @@ def _plan(args: argparse.Namespace):
         judges=_split(args.judges),
         generation=not args.no_generation,
         mc=not args.no_mc,
+        detection=args.detection,
         controls=_split(args.controls),
         n_random=args.n_random,
         thresholds=_split(args.thresholds),
@@ -249,6 +250,11 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
         help="bleu-proxy, rouge1-proxy, info-proxy, allenai-truth, allenai-info",
     )
     parser.add_argument("--no-generation", action="store_true", help="skip TruthfulQA generation")
+    parser.add_argument(
+        "--detection",
+        action="store_true",
+        help="also compare the head probes with a text-only detector on each TruthfulQA test fold",
+    )
     parser.add_argument("--no-mc", action="store_true", help="skip TruthfulQA multiple choice")
     parser.add_argument(
         "--controls",

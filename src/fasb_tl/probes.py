@@ -51,35 +51,41 @@ def _fit_torch(
     penalty = torch.ones(d + 1, dtype=x.dtype)
     penalty[-1] = 0.0
 
-    def objective(t: Tensor) -> Tensor:
-        logits = torch.einsum("pnd,pd->pn", design, t)
+    def objective(t: Tensor, rows: Tensor = design) -> Tensor:
+        logits = torch.einsum("pnd,pd->pn", rows, t)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, y.expand(problems, n), reduction="none"
+            logits, y.expand(rows.shape[0], n), reduction="none"
         ).sum(1)
         return c * loss + 0.5 * (t * t * penalty).sum(1)
 
     current = objective(theta)
+    # Each problem stops at its own convergence: the slowest head must not make every other head iterate.
+    active = torch.arange(problems)
     for _ in range(max_iter):
-        p = torch.sigmoid(torch.einsum("pnd,pd->pn", design, theta))
-        grad = c * torch.einsum("pnd,pn->pd", design, p - y) + penalty * theta
-        weighted = design.transpose(1, 2) * (c * p * (1 - p))[:, None, :]
+        rows, t = design[active], theta[active]
+        p = torch.sigmoid(torch.einsum("pnd,pd->pn", rows, t))
+        grad = c * torch.einsum("pnd,pn->pd", rows, p - y) + penalty * t
+        weighted = rows.transpose(1, 2) * (c * p * (1 - p))[:, None, :]
         # The intercept is unpenalised; a tiny ridge keeps H invertible when a class is (nearly) separable.
-        hess = torch.bmm(weighted, design) + torch.diag(penalty + 1e-10)
+        hess = torch.bmm(weighted, rows) + torch.diag(penalty + 1e-10)
         step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
         # Newton decrement: half of it estimates how far each objective still is from its minimum.
-        if ((grad * step).sum(1) / 2 <= tol * (1 + current.abs())).all():
+        done = (grad * step).sum(1) / 2 <= tol * (1 + current[active].abs())
+        active, rows, t, step = active[~done], rows[~done], t[~done], step[~done]
+        if active.numel() == 0:
             break
-        scale = torch.ones(problems, dtype=x.dtype)
-        candidate = objective(theta - scale[:, None] * step)
+        before = current[active]
+        scale = torch.ones(active.numel(), dtype=x.dtype)
+        candidate = objective(t - scale[:, None] * step, rows)
         for _ in range(30):
-            worse = candidate > current
+            worse = candidate > before
             if not worse.any():
                 break
             scale = torch.where(worse, scale / 2, scale)
-            candidate = objective(theta - scale[:, None] * step)
-        improved = candidate <= current
-        theta = torch.where(improved[:, None], theta - scale[:, None] * step, theta)
-        current = torch.where(improved, candidate, current)
+            candidate = objective(t - scale[:, None] * step, rows)
+        improved = candidate <= before
+        theta[active] = torch.where(improved[:, None], t - scale[:, None] * step, t)
+        current[active] = torch.where(improved, candidate, before)
     return theta[:, :-1], theta[:, -1]
 
 

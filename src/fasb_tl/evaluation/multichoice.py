@@ -88,9 +88,11 @@ class MultiChoiceEvaluation:
         progress: bool = True,
         caa: CAAConfig | None = None,
         shard: Shard | None = None,
+        steerer_dir: str | Path | None = None,
     ):
         self.shard = shard or current_shard()
         self.model = model
+        self.steerer_dir = Path(steerer_dir) if steerer_dir is not None else Path(out) / "steerers"
         self.task = task
         self.config = config
         self.out = Path(out)
@@ -115,7 +117,7 @@ class MultiChoiceEvaluation:
     def steerer(self) -> Steerer:
         """The task's Steerer, reused from ``steerers/`` when present, else fitted on the pool and saved."""
         cfg = self.config
-        folder = self.out / "steerers" / f"{self.task}-{cfg.direction}-k{cfg.k}-pool{cfg.n_pool}"
+        folder = self.steerer_dir / f"{self.task}-{cfg.direction}-k{cfg.k}-pool{cfg.n_pool}"
         return load_or_compute(
             self.shard,
             lambda: load_steerer_if_valid(folder, self.model),

@@ -37,6 +37,7 @@ class EvalPlan:
     judges: Sequence[str] = DEFAULT_JUDGES
     generation: bool = True
     mc: bool = True
+    detection: bool = False
     controls: Sequence[str] = ()
     n_random: int = 3
     thresholds: Sequence[str] = ("fixed",)
@@ -61,9 +62,11 @@ def run_plan(
     data_dir: str | None = None,
     progress: bool = True,
     shard: Shard | None = None,
+    steerer_dir: str | Path | None = None,
 ) -> None:
     """Run every task of ``plan`` into ``out``; rows already there are skipped (resume). With a distributed
-    ``shard`` (default: the initialised process group, if any) the ranks split the work and rank 0 writes."""
+    ``shard`` (default: the initialised process group, if any) the ranks split the work and rank 0 writes.
+    Fitted Steerers are kept in ``steerer_dir`` (default ``out/steerers``), so result folders can share them."""
     shard = shard or current_shard()
     for task in plan.tasks:
         # Every rank reads the result folder only after rank 0 has finished writing the previous task's rows.
@@ -78,14 +81,17 @@ def run_plan(
                 progress,
                 plan.caa,
                 shard,
+                steerer_dir,
             )
+            if plan.detection:
+                evaluation.run_detection()
             if plan.mc:
                 evaluation.run_mc(plan.methods, plan.protocols, plan.variants)
             if plan.generation:
                 evaluation.run_generation(plan.methods, plan.variants)
         else:
             MultiChoiceEvaluation(
-                model, task, plan.multichoice, out, data_dir, progress, plan.caa, shard
+                model, task, plan.multichoice, out, data_dir, progress, plan.caa, shard, steerer_dir
             ).run(plan.methods, plan.protocols, plan.variants)
 
 

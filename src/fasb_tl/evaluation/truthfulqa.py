@@ -60,12 +60,15 @@ from fasb_tl.steering import (
     model_meta,
     steerer_from_activations,
 )
+from fasb_tl.text_baseline import TextOnlyDetector, answer_texts, detection_metrics
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 GENERATION_METHODS = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
 MC_METHODS = GENERATION_METHODS
+# Detectors of a true vs a false answer compared per fold: FASB's own score and one that never sees the model.
+DETECTORS = ("probes", "text_only")
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,16 @@ class TruthfulQAEvaluation:
         progress: bool = True,
         caa: CAAConfig | None = None,
         shard: Shard | None = None,
+        steerer_dir: str | Path | None = None,
     ):
         self.shard = shard or current_shard()
         self.model = model
         self.records = records
         self.config = config
         self.out = Path(out)
+        # Fitted Steerers (and their calibrations) may be shared between result folders: the fit depends only
+        # on the splits and the steering settings, not on how many questions are evaluated.
+        self.steerer_dir = Path(steerer_dir) if steerer_dir is not None else self.out / "steerers"
         self.judges = list(judges)
         self.progress = progress and self.shard.is_main
         self.store = ResultStore(self.out)
@@ -186,7 +193,7 @@ class TruthfulQAEvaluation:
         return self._caa[fold]
 
     def _steerer_folder(self, fold: int) -> Path:
-        return self.out / "steerers" / f"fold{fold}-{self.config.direction}-k{self.config.k}"
+        return self.steerer_dir / f"fold{fold}-{self.config.direction}-k{self.config.k}"
 
     def steering_for(self, fold: int, variant: Variant) -> Steerer:
         """The Steerer that steers under ``variant``: the fold's own, or a control with the same probes."""
@@ -390,6 +397,54 @@ class TruthfulQAEvaluation:
             return {}
         calibration = self.calibration(fold)
         return {"threshold_used": calibration.threshold, "calibration": calibration.to_dict()}
+
+    def run_detection(self) -> None:
+        """Per fold, how well the test answers' truth is read off (a) FASB's score, the mean P(true) of the
+        fold's top-K head probes, and (b) a bag-of-words model of the answer text alone, trained on the same
+        train + val questions: accuracy and AUROC on every test-fold answer (``Q: {q} A: {a}``, the probes'
+        own format). Rows ``truthfulqa-detect`` / ``probes`` and ``text_only``."""
+        for fold, split in enumerate(self.splits):
+            keys = {
+                name: row_key(**self._identity(task="truthfulqa-detect", method=name, fold=fold))
+                for name in DETECTORS
+            }
+            if all(self.store.has(key) for key in keys.values()):
+                continue
+            start = time.perf_counter()
+            test = [self.records[i] for i in split.test]
+            prompts, labels, _ = probe_bank(test)
+            steerer = self.steerer(fold)
+            activations = collect_head_activations(
+                self.model,
+                prompts,
+                layers=steerer.layers,
+                batch_size=self.config.batch_size,
+                progress=self.progress,
+                shard=self.shard,
+            )
+            by_layer = {layer: activations[:, i] for i, layer in enumerate(steerer.layers)}
+            train_texts, train_labels = answer_texts([self.records[i] for i in (*split.train, *split.val)])
+            test_texts, _ = answer_texts(test)
+            p_true = {
+                "probes": steerer.p_true(steerer.head_values(by_layer)).numpy(),
+                "text_only": TextOnlyDetector(seed=self.config.seed)
+                .fit(train_texts, train_labels)
+                .predict_proba(test_texts),
+            }
+            for name, key in keys.items():
+                row = None
+                if self.shard.is_main:
+                    row = self._identity(task="truthfulqa-detect", method=name, fold=fold)
+                    row.update(
+                        key=key,
+                        n_answers=len(labels),
+                        n_questions=len(test),
+                        **detection_metrics(p_true[name], labels),
+                        seconds=time.perf_counter() - start,
+                        version=__version__,
+                    )
+                self.rows.commit(row)
+            self.rows.finish(list(keys.values()))
 
     def run_generation(
         self, methods: Sequence[str] = GENERATION_METHODS, variants: Sequence[Variant] = (PLAIN,)
