@@ -60,9 +60,9 @@ def _fit_torch(
 
     current = objective(theta)
     # Each problem stops at its own convergence: the slowest head must not make every other head iterate.
-    active = torch.arange(problems)
+    active, rows = torch.arange(problems), design
     for _ in range(max_iter):
-        rows, t = design[active], theta[active]
+        t = theta[active]
         p = torch.sigmoid(torch.einsum("pnd,pd->pn", rows, t))
         grad = c * torch.einsum("pnd,pn->pd", rows, p - y) + penalty * t
         weighted = rows.transpose(1, 2) * (c * p * (1 - p))[:, None, :]
@@ -71,9 +71,10 @@ def _fit_torch(
         step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
         # Newton decrement: half of it estimates how far each objective still is from its minimum.
         done = (grad * step).sum(1) / 2 <= tol * (1 + current[active].abs())
-        active, rows, t, step = active[~done], rows[~done], t[~done], step[~done]
-        if active.numel() == 0:
+        if done.all():
             break
+        if done.any():  # copying the design rows is a large share of an iteration: only when the set shrinks
+            active, rows, t, step = active[~done], rows[~done], t[~done], step[~done]
         before = current[active]
         scale = torch.ones(active.numel(), dtype=x.dtype)
         candidate = objective(t - scale[:, None] * step, rows)
