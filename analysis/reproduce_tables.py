@@ -185,6 +185,16 @@ def loglik_table(rows: list[dict]) -> pd.DataFrame:
     return frame.reindex([m for m in METHODS if m in frame.index], columns=[t for t in TASKS if t in frame])
 
 
+def paper_mc_means(rows: list[dict], label: str, field: str) -> dict[str, float]:
+    """Per method (``/paper`` dropped; ``/question`` rows skipped): the mean of ``field`` over the TruthfulQA MC
+    rows of variant ``label``, across folds and random seeds."""
+    values: dict[str, list[float]] = {}
+    for r in rows:
+        if r["task"] == "truthfulqa-mc" and row_variant(r) == label and not r["method"].endswith("/question"):
+            values.setdefault(r["method"].removesuffix("/paper"), []).append(r[field])
+    return {method: float(np.mean(v)) for method, v in values.items()}
+
+
 def controls_table(rows: list[dict]) -> pd.DataFrame:
     """Each steering method with its real direction next to the reversed and random-direction controls."""
     columns = {
@@ -198,18 +208,9 @@ def controls_table(rows: list[dict]) -> pd.DataFrame:
         frame = uncertainty_table(rows, columns, variant=label)
         frame = frame.loc[[m for m in CONTROLLED_METHODS if m in frame.index]]
         for which in ("true", "false"):
-            changes: dict[str, list[float]] = {}
-            for r in rows:
-                if (
-                    r["task"] == "truthfulqa-mc"
-                    and row_variant(r) == label
-                    and not r["method"].endswith("/question")
-                ):
-                    changes.setdefault(r["method"].removesuffix("/paper"), []).append(
-                        r[f"loglik_change_{which}"]
-                    )
+            changes = paper_mc_means(rows, label, f"loglik_change_{which}")
             frame[f"Δ loglik {which} (paper)"] = [
-                f"{np.mean(changes[m]):.2f}" if m in changes else "-" for m in frame.index
+                f"{changes[m]:.2f}" if m in changes else "-" for m in frame.index
             ]
         if six_tasks:
             averages = multichoice_table(rows, "paper", label).get("Avg", pd.Series(dtype=float))
@@ -251,12 +252,9 @@ def thresholds_table(rows: list[dict]) -> pd.DataFrame:
         for r in rows:
             if r["task"] == "truthfulqa-gen" and row_variant(r) == label:
                 gen.setdefault(r["method"], []).append(100 * r["trigger_rate"])
-        steered: dict[str, list[float]] = {}
-        for r in rows:
-            if r["task"] == "truthfulqa-mc" and row_variant(r) == label and "steered_fraction" in r:
-                steered.setdefault(r["method"].removesuffix("/paper"), []).append(100 * r["steered_fraction"])
+        steered = paper_mc_means(rows, label, "steered_fraction")
         frame["MC candidates steered (%, paper)"] = [
-            f"{np.mean(steered[m]):.1f}" if m in steered else "-" for m in frame.index
+            f"{100 * steered[m]:.1f}" if m in steered else "-" for m in frame.index
         ]
         frame["answers triggered (%)"] = [f"{np.mean(gen[m]):.1f}" if m in gen else "-" for m in frame.index]
         frame.index = [f"{m} ({name})" for m in frame.index]
