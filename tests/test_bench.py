@@ -43,3 +43,24 @@ def test_released_loop_reimplementation_matches_the_cached_loop(tiny_model, stee
     ours = generate(tiny_model, [prompt], steerer, config, progress=False)[0]
     theirs = released_generate(tiny_model, steerer, encode(tiny_model, prompt), 8.0, threshold, 3, 10)
     assert ours.token_ids == theirs
+
+
+def test_bench_runs_every_stage_and_derives_each_ratio_from_its_stages(tmp_path):
+    import json
+
+    from fasb_tl.bench import RATIOS, BenchConfig, run_bench
+
+    config = BenchConfig(model="tiny-random-llama", n_prompts=2, max_new_tokens=6, back_steps=2, k=4)
+    report = run_bench(config, tmp_path)
+    written = json.loads((tmp_path / "bench.json").read_text())
+    stages = written["stages"]
+    expected = {name for pair in RATIOS.values() for name in pair} - {"e_released_loop"}
+    assert expected <= set(stages)
+    for label, (num, den) in RATIOS.items():
+        if num in stages:
+            ratio = stages[num]["median_seconds_per_unit"] / stages[den]["median_seconds_per_unit"]
+            assert written["ratios"][label] == pytest.approx(ratio)
+    assert stages["f_fit_torch"]["mean_abs_val_acc_diff"] <= 0.01
+    assert stages["f_fit_torch"]["n_train_prompts"] > 0
+    assert all(stage["peak_rss_mb"] > 0 for stage in stages.values())
+    assert report["ratios"] == written["ratios"]

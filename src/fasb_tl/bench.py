@@ -144,15 +144,30 @@ def decoding_stages(model, steerer: Steerer, prompts: list[str], config: BenchCo
     return stages
 
 
-def probe_fit_stage(model, config: BenchConfig) -> dict[str, Stage]:
-    """(f) all-head probe fitting: torch batched vs a loop of sklearn fits, with their agreement."""
+@dataclass(frozen=True)
+class ProbeBank:
+    """The ``Q: {q} A: {a}`` prompts that fitting a Steerer extracts and fits probes on (train, then val)."""
+
+    prompts: list[str]
+    labels: torch.Tensor
+    n_train: int
+
+
+def probe_bank_prompts(config: BenchConfig) -> ProbeBank:
+    """The probe bank of the built-in dataset's first split, as :func:`fasb_tl.steering.fit_steerer` builds it."""
     records = load_builtin()
     split = dataset_splits("builtin", len(records), seed=config.seed)[0]
     train, train_y, _ = probe_bank([records[i] for i in split.train])
     val, val_y, _ = probe_bank([records[i] for i in split.val])
-    acts = collect_head_activations(model, train + val, batch_size=32, progress=False)
-    n = len(train)
-    data = (acts[:n], torch.from_numpy(train_y), acts[n:], torch.from_numpy(val_y))
+    labels = torch.cat([torch.from_numpy(train_y), torch.from_numpy(val_y)])
+    return ProbeBank(prompts=train + val, labels=labels, n_train=len(train))
+
+
+def probe_fit_stage(model, bank: ProbeBank, config: BenchConfig) -> dict[str, Stage]:
+    """(f) all-head probe fitting: torch batched vs a loop of sklearn fits, with their agreement."""
+    acts = collect_head_activations(model, bank.prompts, batch_size=32, progress=False)
+    n = bank.n_train
+    data = (acts[:n], bank.labels[:n], acts[n:], bank.labels[n:])
     fitted = {}
 
     def fit(backend):
@@ -175,11 +190,11 @@ def probe_fit_stage(model, config: BenchConfig) -> dict[str, Stage]:
     return stages
 
 
-def extraction_stages(model, prompts: list[str]) -> dict[str, Stage]:
-    """(g) hook_z extraction prompts/s at batch 1 vs batch 16 (time per prompt)."""
+def extraction_stages(model, prompts: list[str], label: str) -> dict[str, Stage]:
+    """(g) hook_z extraction prompts/s at batch 1 vs batch 16 (time per prompt), stages ``{label}_batch{b}``."""
     stages = {}
     for batch in (1, 16):
-        name = f"g_extract_batch{batch}"
+        name = f"{label}_batch{batch}"
         stages[name] = _time_each(
             name,
             [prompts],
@@ -188,38 +203,54 @@ def extraction_stages(model, prompts: list[str]) -> dict[str, Stage]:
     return stages
 
 
+def _throughput_stage(name: str, model, steerer, prompts, generation: GenerationConfig, batch: int) -> Stage:
+    def run(ps) -> int:
+        results = generate(model, ps, steerer, generation, batch_size=batch, progress=False)
+        return sum(len(r.token_ids) for r in results)
+
+    return _time_each(name, [prompts], run)
+
+
 def batch_generation_stages(
     model, steerer: Steerer, prompts: list[str], config: BenchConfig
 ) -> dict[str, Stage]:
-    """(h) FASB generation throughput (real triggers at threshold 0.5) at batch 1 vs batch 8."""
-    generation = GenerationConfig(
-        max_new_tokens=config.max_new_tokens,
-        back_steps=config.back_steps,
-        alpha=config.alpha,
-        threshold=0.5,
-        stop_at_eos=False,
-    )
-    stages = {}
-    for batch in (1, 8):
-        name = f"h_fasb_batch{batch}"
-
-        def run(ps, b=batch) -> int:
-            return sum(
-                len(r.token_ids)
-                for r in generate(model, ps, steerer, generation, batch_size=b, progress=False)
-            )
-
-        stages[name] = _time_each(name, [prompts], run)
-    return stages
+    """(h) FASB generation throughput (real triggers at threshold 0.5) at batch 1 vs batch 8, and stage (c)'s
+    forced trigger at batch 8, ``generate``'s default batch size."""
+    settings = {
+        "max_new_tokens": config.max_new_tokens,
+        "back_steps": config.back_steps,
+        "alpha": config.alpha,
+        "stop_at_eos": False,
+    }
+    real = GenerationConfig(threshold=0.5, **settings)
+    forced = GenerationConfig(threshold=2.0, force_threshold=True, **settings)
+    return {
+        "h_fasb_batch1": _throughput_stage("h_fasb_batch1", model, steerer, prompts, real, 1),
+        "h_fasb_batch8": _throughput_stage("h_fasb_batch8", model, steerer, prompts, real, 8),
+        "c_trigger_reference_batch8": _throughput_stage(
+            "c_trigger_reference_batch8", model, steerer, prompts, forced, 8
+        ),
+    }
 
 
 RATIOS = {
     "(b)/(a) time per token, target <= 1.10": ("b_monitor", "a_plain"),
     "(c)/(a) time per produced token, target <= 1.5": ("c_trigger_reference", "a_plain"),
     "(d)/(a) time per produced token": ("d_trigger_persistent", "a_plain"),
-    "(e)/(c) released loop vs ours, target >= 10": ("e_released_loop", "c_trigger_reference"),
+    "(e)/(c) released loop vs ours, both batch 1": ("e_released_loop", "c_trigger_reference"),
+    "(e)/(c) released loop vs ours at batch 8, target >= 10": (
+        "e_released_loop",
+        "c_trigger_reference_batch8",
+    ),
     "(f) sklearn/torch fit time, target >= 10 (agreement in bench.json)": ("f_fit_sklearn", "f_fit_torch"),
-    "(g) batch16/batch1 prompts per s, target >= 3": ("g_extract_batch1", "g_extract_batch16"),
+    "(g) batch16/batch1 prompts per s, probe-bank prompts, target >= 3": (
+        "g_extract_batch1",
+        "g_extract_batch16",
+    ),
+    "(g) batch16/batch1 prompts per s, 6-shot generation prompts": (
+        "g_long_extract_batch1",
+        "g_long_extract_batch16",
+    ),
     "(h) batch8/batch1 tokens per s, target >= 2.5": ("h_fasb_batch1", "h_fasb_batch8"),
 }
 
@@ -242,8 +273,10 @@ def run_bench(
     stages = decoding_stages(model, steerer, prompts, config)
     for name, make in (extra or {}).items():
         stages[name] = make(model, steerer, prompts, config)
-    stages.update(probe_fit_stage(model, config))
-    stages.update(extraction_stages(model, prompts))
+    bank = probe_bank_prompts(config)
+    stages.update(probe_fit_stage(model, bank, config))
+    stages.update(extraction_stages(model, bank.prompts, "g_extract"))
+    stages.update(extraction_stages(model, prompts, "g_long_extract"))
     stages.update(batch_generation_stages(model, steerer, prompts, config))
     ratios = {
         label: stages[num].seconds_per_unit / stages[den].seconds_per_unit
@@ -265,12 +298,12 @@ def run_bench(
         },
         "ratios": ratios,
     }
-    print(f"{'stage':24s} {'median s/unit':>14s} {'peak RSS MB':>12s}")
+    print(f"{'stage':28s} {'median s/unit':>14s} {'peak RSS MB':>12s}")
     for name, s in stages.items():
-        print(f"{name:24s} {s.seconds_per_unit:14.4f} {s.peak_rss_mb:12.0f}")
+        print(f"{name:28s} {s.seconds_per_unit:14.4f} {s.peak_rss_mb:12.0f}")
     print()
     for label, value in ratios.items():
-        print(f"{label:50s} {value:8.2f}")
+        print(f"{label:72s} {value:8.2f}")
     atomic_write_text(Path(out) / "bench.json", json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {Path(out) / 'bench.json'}")
     return report

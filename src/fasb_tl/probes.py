@@ -6,7 +6,8 @@ intercept) on raw features:
     C * sum_i logloss(y_i, sigmoid(w . x_i + b)) + 0.5 * ||w||^2
 
 ``"sklearn"`` is the reference (one ``LogisticRegression(max_iter=1000)`` per head, as in the ITI/FASB code);
-``"torch"`` solves the ``layer * head`` problems together with batched, damped Newton steps in float64.
+``"torch"`` solves the ``layer * head`` problems together with batched, damped Newton steps (float64
+gradients and line search, float32 Hessians).
 """
 
 from __future__ import annotations
@@ -37,55 +38,72 @@ def _check_xy(x: Tensor, y: Tensor, what: str) -> None:
     values = set(torch.unique(y).tolist())
     if not values <= {0, 1}:
         raise ProbeError(f"{what}: labels must be 0/1, got {sorted(values)}")
-    if not torch.isfinite(x).all():
+    # One reduction is enough when it is finite; the element-wise test runs only to confirm a NaN or inf.
+    if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ProbeError(f"{what}: activations contain NaN or infinite values")
 
 
 def _fit_torch(
     x: Float[Tensor, "n problem d"], y: Float[Tensor, " n"], c: float, max_iter: int, tol: float
 ) -> tuple[Float[Tensor, "problem d"], Float[Tensor, " problem"]]:
-    """Batched damped Newton for independent L2 logistic regressions that share labels."""
-    n, problems, d = x.shape
-    design = torch.cat([x, torch.ones(n, problems, 1, dtype=x.dtype)], dim=2).transpose(0, 1)  # [p, n, d+1]
-    theta = torch.zeros(problems, d + 1, dtype=x.dtype)
-    penalty = torch.ones(d + 1, dtype=x.dtype)
-    penalty[-1] = 0.0
+    """Batched damped Newton for independent L2 logistic regressions that share labels.
 
-    def objective(t: Tensor, rows: Tensor = design) -> Tensor:
-        logits = torch.einsum("pnd,pd->pn", rows, t)
+    Gradients, logits and objectives are float64, so the fixed point is the float64 optimum. The Hessians are
+    built and solved in float32: their batched products were most of the fit, and an approximate Hessian only
+    perturbs the step, which the float64 line search and Newton-decrement test still judge exactly.
+    """
+    n, problems, d = x.shape
+    y = y.to(torch.float64)
+    design32 = torch.empty(problems, n, d + 1, dtype=torch.float32)
+    design32[:, :, :d] = x.transpose(0, 1)
+    design32[:, :, d] = 1.0
+    design = design32.to(torch.float64)
+    theta = torch.zeros(problems, d + 1, dtype=torch.float64)
+    penalty = torch.ones(d + 1, dtype=torch.float64)
+    penalty[-1] = 0.0
+    # The intercept is unpenalised; a tiny ridge keeps H invertible when a class is (nearly) separable.
+    ridge = torch.diag(penalty + 1e-10).to(torch.float32)
+
+    def objective(logits: Tensor, t: Tensor) -> Tensor:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, y.expand(rows.shape[0], n), reduction="none"
+            logits, y.expand_as(logits), reduction="none"
         ).sum(1)
         return c * loss + 0.5 * (t * t * penalty).sum(1)
 
-    current = objective(theta)
+    logits = torch.zeros(problems, n, dtype=torch.float64)
+    current = objective(logits, theta)
     # Each problem stops at its own convergence: the slowest head must not make every other head iterate.
-    active, rows = torch.arange(problems), design
+    active, rows, rows32 = torch.arange(problems), design, design32
     for _ in range(max_iter):
         t = theta[active]
-        p = torch.sigmoid(torch.einsum("pnd,pd->pn", rows, t))
-        grad = c * torch.einsum("pnd,pn->pd", rows, p - y) + penalty * t
-        weighted = rows.transpose(1, 2) * (c * p * (1 - p))[:, None, :]
-        # The intercept is unpenalised; a tiny ridge keeps H invertible when a class is (nearly) separable.
-        hess = torch.bmm(weighted, rows) + torch.diag(penalty + 1e-10)
-        step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        p = torch.sigmoid(logits)
+        grad = c * torch.bmm((p - y).unsqueeze(1), rows).squeeze(1) + penalty * t
+        scaled = rows32 * (c * p * (1 - p)).sqrt().to(torch.float32)[:, :, None]
+        hess = torch.bmm(scaled.transpose(1, 2), scaled) + ridge
+        step = torch.linalg.solve(hess, grad.to(torch.float32).unsqueeze(-1)).squeeze(-1).to(torch.float64)
         # Newton decrement: half of it estimates how far each objective still is from its minimum.
         done = (grad * step).sum(1) / 2 <= tol * (1 + current[active].abs())
         if done.all():
             break
-        if done.any():  # copying the design rows is a large share of an iteration: only when the set shrinks
-            active, rows, t, step = active[~done], rows[~done], t[~done], step[~done]
+        # Copying the design rows costs as much as an iteration: drop finished heads once a quarter are done.
+        if 4 * done.sum() >= done.numel():
+            keep = ~done
+            active, rows, rows32 = active[keep], rows[keep], rows32[keep]
+            t, step, logits = t[keep], step[keep], logits[keep]
         before = current[active]
-        scale = torch.ones(active.numel(), dtype=x.dtype)
-        candidate = objective(t - scale[:, None] * step, rows)
+        # Logits are linear in theta, so one product serves every step length the line search tries.
+        delta = torch.bmm(rows, step.unsqueeze(-1)).squeeze(-1)
+        scale = torch.ones(active.numel(), dtype=torch.float64)
+        candidate = objective(logits - scale[:, None] * delta, t - scale[:, None] * step)
         for _ in range(30):
             worse = candidate > before
             if not worse.any():
                 break
             scale = torch.where(worse, scale / 2, scale)
-            candidate = objective(t - scale[:, None] * step, rows)
+            candidate = objective(logits - scale[:, None] * delta, t - scale[:, None] * step)
         improved = candidate <= before
         theta[active] = torch.where(improved[:, None], t - scale[:, None] * step, t)
+        logits = torch.where(improved[:, None], logits - scale[:, None] * delta, logits)
         current[active] = torch.where(improved, candidate, before)
     return theta[:, :-1], theta[:, -1]
 
@@ -123,13 +141,13 @@ class HeadProbes:
             raise ProbeError(f"fit: the probe bank has only label {int(y[0])}; both labels are needed")
         n, layers, heads, d_head = x.shape
         if self.backend == "torch":
-            flat = x.reshape(n, layers * heads, d_head).to(torch.float64)
+            flat = x.reshape(n, layers * heads, d_head)
             coef, intercept = [], []
-            # Chunks bound the [problems, n, d] design tensor to roughly 64 MB.
+            # Chunks bound the [problems, n, d] design tensors (float64 and float32 copies) to roughly 100 MB.
             chunk = max(1, int(8e6 // (n * (d_head + 1))))
             bar = tqdm(total=layers * heads, desc="probes (torch)", disable=not progress, leave=False)
             for start in range(0, layers * heads, chunk):
-                w, b = _fit_torch(flat[:, start : start + chunk], y.to(torch.float64), self.C, 100, 1e-12)
+                w, b = _fit_torch(flat[:, start : start + chunk], y, self.C, 100, 1e-12)
                 coef.append(w)
                 intercept.append(b)
                 bar.update(w.shape[0])
