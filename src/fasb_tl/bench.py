@@ -21,7 +21,7 @@ import torch
 from typing_extensions import Self
 
 from fasb_tl.activations import collect_head_activations
-from fasb_tl.data import dataset_splits, generation_prompt, load_builtin, probe_bank
+from fasb_tl.data import QARecord, Split, dataset_splits, generation_prompt, load_builtin, probe_bank
 from fasb_tl.evaluation.results import atomic_write_text
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.probes import HeadProbes
@@ -153,10 +153,8 @@ class ProbeBank:
     n_train: int
 
 
-def probe_bank_prompts(config: BenchConfig) -> ProbeBank:
-    """The probe bank of the built-in dataset's first split, as :func:`fasb_tl.steering.fit_steerer` builds it."""
-    records = load_builtin()
-    split = dataset_splits("builtin", len(records), seed=config.seed)[0]
+def probe_bank_prompts(records: list[QARecord], split: Split) -> ProbeBank:
+    """The probe bank of ``split``, as :func:`fasb_tl.steering.fit_steerer` builds it."""
     train, train_y, _ = probe_bank([records[i] for i in split.train])
     val, val_y, _ = probe_bank([records[i] for i in split.val])
     labels = torch.cat([torch.from_numpy(train_y), torch.from_numpy(val_y)])
@@ -238,19 +236,17 @@ RATIOS = {
     "(c)/(a) time per produced token, target <= 1.5": ("c_trigger_reference", "a_plain"),
     "(d)/(a) time per produced token": ("d_trigger_persistent", "a_plain"),
     "(e)/(c) released loop vs ours, both batch 1": ("e_released_loop", "c_trigger_reference"),
-    "(e)/(c) released loop vs ours at batch 8, target >= 10": (
+    # The released loop runs one question at a time; ours at batch 8 is timed over all prompts in one item.
+    "(e)/(c) released loop (batch 1) vs ours at batch 8, target >= 10": (
         "e_released_loop",
         "c_trigger_reference_batch8",
     ),
     "(f) sklearn/torch fit time, target >= 10 (agreement in bench.json)": ("f_fit_sklearn", "f_fit_torch"),
     "(g) batch16/batch1 prompts per s, probe-bank prompts, target >= 3": (
-        "g_extract_batch1",
-        "g_extract_batch16",
+        "g_bank_extract_batch1",
+        "g_bank_extract_batch16",
     ),
-    "(g) batch16/batch1 prompts per s, 6-shot generation prompts": (
-        "g_long_extract_batch1",
-        "g_long_extract_batch16",
-    ),
+    "(g) batch16/batch1 prompts per s, 6-shot generation prompts": ("g_extract_batch1", "g_extract_batch16"),
     "(h) batch8/batch1 tokens per s, target >= 2.5": ("h_fasb_batch1", "h_fasb_batch8"),
 }
 
@@ -273,10 +269,10 @@ def run_bench(
     stages = decoding_stages(model, steerer, prompts, config)
     for name, make in (extra or {}).items():
         stages[name] = make(model, steerer, prompts, config)
-    bank = probe_bank_prompts(config)
+    bank = probe_bank_prompts(records, split)
     stages.update(probe_fit_stage(model, bank, config))
-    stages.update(extraction_stages(model, bank.prompts, "g_extract"))
-    stages.update(extraction_stages(model, prompts, "g_long_extract"))
+    stages.update(extraction_stages(model, bank.prompts, "g_bank_extract"))
+    stages.update(extraction_stages(model, prompts, "g_extract"))
     stages.update(batch_generation_stages(model, steerer, prompts, config))
     ratios = {
         label: stages[num].seconds_per_unit / stages[den].seconds_per_unit

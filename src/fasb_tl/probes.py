@@ -12,6 +12,7 @@ gradients and line search, float32 Hessians).
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -22,6 +23,10 @@ from tqdm.auto import tqdm
 
 Backend = Literal["torch", "sklearn"]
 BACKENDS = ("torch", "sklearn")
+
+
+class ConvergenceWarning(UserWarning):
+    """Some probes stopped at the iteration limit before reaching the tolerance."""
 
 
 class ProbeError(ValueError):
@@ -38,31 +43,35 @@ def _check_xy(x: Tensor, y: Tensor, what: str) -> None:
     values = set(torch.unique(y).tolist())
     if not values <= {0, 1}:
         raise ProbeError(f"{what}: labels must be 0/1, got {sorted(values)}")
-    # One reduction is enough when it is finite; the element-wise test runs only to confirm a NaN or inf.
+    # NaN and inf propagate into a sum, so a finite sum proves every value finite in one pass; a sum that
+    # overflows from large finite values falls through to the element-wise test, which clears it.
     if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ProbeError(f"{what}: activations contain NaN or infinite values")
 
 
 def _fit_torch(
-    x: Float[Tensor, "n problem d"], y: Float[Tensor, " n"], c: float, max_iter: int, tol: float
-) -> tuple[Float[Tensor, "problem d"], Float[Tensor, " problem"]]:
-    """Batched damped Newton for independent L2 logistic regressions that share labels.
+    x: Float[Tensor, "n problem d"], y: Int[Tensor, " n"], c: float, max_iter: int, tol: float
+) -> tuple[Float[Tensor, "problem d"], Float[Tensor, " problem"], int]:
+    """Batched damped Newton for independent L2 logistic regressions that share labels; also returns how many
+    problems were still short of ``tol`` after ``max_iter`` iterations.
 
-    Gradients, logits and objectives are float64, so the fixed point is the float64 optimum. The Hessians are
-    built and solved in float32: their batched products were most of the fit, and an approximate Hessian only
-    perturbs the step, which the float64 line search and Newton-decrement test still judge exactly.
+    Gradients, logits, objectives and the line search are float64, so each problem stops at its float64
+    optimum (to ``tol``). The Hessians are built and solved in float32: their batched products were most of the fit, and
+    an approximate Hessian only makes each step slightly less than a full Newton step, which the float64 line
+    search still judges.
     """
     n, problems, d = x.shape
     y = y.to(torch.float64)
-    design32 = torch.empty(problems, n, d + 1, dtype=torch.float32)
-    design32[:, :, :d] = x.transpose(0, 1)
-    design32[:, :, d] = 1.0
-    design = design32.to(torch.float64)
+    rows = torch.empty(problems, n, d + 1, dtype=torch.float64)
+    rows[:, :, :d] = x.transpose(0, 1)
+    rows[:, :, d] = 1.0
+    rows32 = rows.to(torch.float32)
     theta = torch.zeros(problems, d + 1, dtype=torch.float64)
     penalty = torch.ones(d + 1, dtype=torch.float64)
     penalty[-1] = 0.0
     # The intercept is unpenalised; a tiny ridge keeps H invertible when a class is (nearly) separable.
-    ridge = torch.diag(penalty + 1e-10).to(torch.float32)
+    ridge = torch.diag(penalty).to(torch.float32)
+    ridge[-1, -1] = 1e-10
 
     def objective(logits: Tensor, t: Tensor) -> Tensor:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -72,8 +81,8 @@ def _fit_torch(
 
     logits = torch.zeros(problems, n, dtype=torch.float64)
     current = objective(logits, theta)
-    # Each problem stops at its own convergence: the slowest head must not make every other head iterate.
-    active, rows, rows32 = torch.arange(problems), design, design32
+    active = torch.arange(problems)
+    done = torch.zeros(problems, dtype=torch.bool)
     for _ in range(max_iter):
         t = theta[active]
         p = torch.sigmoid(logits)
@@ -85,11 +94,14 @@ def _fit_torch(
         done = (grad * step).sum(1) / 2 <= tol * (1 + current[active].abs())
         if done.all():
             break
-        # Copying the design rows costs as much as an iteration: drop finished heads once a quarter are done.
+        # Each problem stops at its own convergence. Dropping a finished one copies every remaining design row,
+        # so that waits until a quarter are done; until then finished problems stay in place with a zero step.
         if 4 * done.sum() >= done.numel():
             keep = ~done
             active, rows, rows32 = active[keep], rows[keep], rows32[keep]
             t, step, logits = t[keep], step[keep], logits[keep]
+        else:
+            step = torch.where(done[:, None], 0.0, step)
         before = current[active]
         # Logits are linear in theta, so one product serves every step length the line search tries.
         delta = torch.bmm(rows, step.unsqueeze(-1)).squeeze(-1)
@@ -105,7 +117,7 @@ def _fit_torch(
         theta[active] = torch.where(improved[:, None], t - scale[:, None] * step, t)
         logits = torch.where(improved[:, None], logits - scale[:, None] * delta, logits)
         current[active] = torch.where(improved, candidate, before)
-    return theta[:, :-1], theta[:, -1]
+    return theta[:, :-1], theta[:, -1], int((~done).sum())
 
 
 class HeadProbes:
@@ -142,16 +154,24 @@ class HeadProbes:
         n, layers, heads, d_head = x.shape
         if self.backend == "torch":
             flat = x.reshape(n, layers * heads, d_head)
-            coef, intercept = [], []
-            # Chunks bound the [problems, n, d] design tensors (float64 and float32 copies) to roughly 100 MB.
+            coef, intercept, unconverged = [], [], 0
+            # Chunks bound the [problems, n, d] design tensors (a float64 copy, a float32 copy and its weighted
+            # version per iteration) to roughly 130 MB.
             chunk = max(1, int(8e6 // (n * (d_head + 1))))
             bar = tqdm(total=layers * heads, desc="probes (torch)", disable=not progress, leave=False)
             for start in range(0, layers * heads, chunk):
-                w, b = _fit_torch(flat[:, start : start + chunk], y, self.C, 100, 1e-12)
+                w, b, short = _fit_torch(flat[:, start : start + chunk], y, self.C, 100, 1e-12)
+                unconverged += short
                 coef.append(w)
                 intercept.append(b)
                 bar.update(w.shape[0])
             bar.close()
+            if unconverged:
+                warnings.warn(
+                    f"{unconverged} of {layers * heads} head probes did not converge in 100 Newton iterations",
+                    ConvergenceWarning,
+                    stacklevel=2,
+                )
             self.coef_ = torch.cat(coef).reshape(layers, heads, d_head).to(torch.float32)
             self.intercept_ = torch.cat(intercept).reshape(layers, heads).to(torch.float32)
         else:
