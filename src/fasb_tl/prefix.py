@@ -52,5 +52,7 @@ def build_prefix_cache(model: TransformerBridge, text: str) -> PrefixCache:
     """Run ``text`` (under the BOS convention) once and keep its KV cache."""
     tokens = encode(model, text)
     with torch.no_grad():
-        _, cache = model(torch.tensor([tokens], device=model.cfg.device), return_type="logits_and_cache")
+        _, cache = model(
+            torch.tensor([tokens], device=model.cfg.device), return_type="logits_and_cache", logits_to_keep=1
+        )
     return PrefixCache(tokens=tokens, cache=cache)
