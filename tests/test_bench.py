@@ -63,4 +63,7 @@ def test_bench_runs_every_stage_and_derives_each_ratio_from_its_stages(tmp_path)
     assert stages["f_fit_torch"]["mean_abs_val_acc_diff"] <= 0.01
     assert stages["f_fit_torch"]["n_train_prompts"] > 0
     assert all(stage["peak_rss_mb"] > 0 for stage in stages.values())
+    assert stages["f_fit_sklearn"]["items"] == stages["g_bank_extract_batch16"]["items"] == config.repeats
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        BenchConfig(repeats=0)
     assert report["ratios"] == written["ratios"]

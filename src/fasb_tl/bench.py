@@ -30,7 +30,7 @@ from fasb_tl.steering import Steerer, fit_steerer
 
 @dataclass
 class Stage:
-    """One measured stage: per-item seconds, produced units (tokens or prompts) and peak RSS."""
+    """One measured stage: per-item (or per-repeat) seconds, produced units (tokens or prompts) and peak RSS."""
 
     name: str
     seconds: list[float] = field(default_factory=list)
@@ -92,6 +92,12 @@ class BenchConfig:
     alpha: float = 15.0
     k: int = 24
     seed: int = 42
+    repeats: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("n_prompts", "max_new_tokens", "k", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _time_each(name: str, items: list, run: Callable[[object], int]) -> Stage:
@@ -104,6 +110,22 @@ def _time_each(name: str, items: list, run: Callable[[object], int]) -> Stage:
             stage.units.append(units)
     stage.peak_rss_mb = memory.peak
     return stage
+
+
+def _time_interleaved(runs: dict[str, Callable[[], int]], repeats: int) -> dict[str, Stage]:
+    """Each of ``runs`` timed ``repeats`` times, taking turns, so drift in machine load hits them alike (the
+    stages share one peak-RSS reading)."""
+    stages = {name: Stage(name) for name in runs}
+    with PeakRSS() as memory:
+        for _ in range(repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                units = run()
+                stages[name].seconds.append(time.perf_counter() - start)
+                stages[name].units.append(units)
+    for stage in stages.values():
+        stage.peak_rss_mb = memory.peak
+    return stages
 
 
 def decoding_stages(model, steerer: Steerer, prompts: list[str], config: BenchConfig) -> dict[str, Stage]:
@@ -169,13 +191,13 @@ def probe_fit_stage(model, bank: ProbeBank, config: BenchConfig) -> dict[str, St
     fitted = {}
 
     def fit(backend):
-        def run(_):
+        def run() -> int:
             fitted[backend] = HeadProbes(backend).fit(*data, progress=False)
             return 1
 
         return run
 
-    stages = {f"f_fit_{b}": _time_each(f"f_fit_{b}", [None], fit(b)) for b in ("torch", "sklearn")}
+    stages = _time_interleaved({f"f_fit_{b}": fit(b) for b in ("torch", "sklearn")}, config.repeats)
     torch_fit, sklearn_fit = fitted["torch"], fitted["sklearn"]
     overlap = {tuple(h) for h in torch_fit.top_heads(config.k).tolist()} & {
         tuple(h) for h in sklearn_fit.top_heads(config.k).tolist()
@@ -188,17 +210,13 @@ def probe_fit_stage(model, bank: ProbeBank, config: BenchConfig) -> dict[str, St
     return stages
 
 
-def extraction_stages(model, prompts: list[str], label: str) -> dict[str, Stage]:
+def extraction_stages(model, prompts: list[str], label: str, repeats: int) -> dict[str, Stage]:
     """(g) hook_z extraction prompts/s at batch 1 vs batch 16 (time per prompt), stages ``{label}_batch{b}``."""
-    stages = {}
-    for batch in (1, 16):
-        name = f"{label}_batch{batch}"
-        stages[name] = _time_each(
-            name,
-            [prompts],
-            lambda ps, b=batch: len(collect_head_activations(model, ps, batch_size=b, progress=False)),
-        )
-    return stages
+
+    def extract(batch: int) -> Callable[[], int]:
+        return lambda: len(collect_head_activations(model, prompts, batch_size=batch, progress=False))
+
+    return _time_interleaved({f"{label}_batch{b}": extract(b) for b in (1, 16)}, repeats)
 
 
 def _throughput_stage(name: str, model, steerer, prompts, generation: GenerationConfig, batch: int) -> Stage:
@@ -271,8 +289,8 @@ def run_bench(
         stages[name] = make(model, steerer, prompts, config)
     bank = probe_bank_prompts(records, split)
     stages.update(probe_fit_stage(model, bank, config))
-    stages.update(extraction_stages(model, bank.prompts, "g_bank_extract"))
-    stages.update(extraction_stages(model, prompts, "g_extract"))
+    stages.update(extraction_stages(model, bank.prompts, "g_bank_extract", config.repeats))
+    stages.update(extraction_stages(model, prompts, "g_extract", config.repeats))
     stages.update(batch_generation_stages(model, steerer, prompts, config))
     ratios = {
         label: stages[num].seconds_per_unit / stages[den].seconds_per_unit

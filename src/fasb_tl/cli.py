@@ -276,7 +276,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fasb_tl.bench import BenchConfig, run_bench
 
     config = BenchConfig(
-        model=args.model, n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens, k=args.k
+        model=args.model,
+        n_prompts=args.n_prompts,
+        max_new_tokens=args.max_new_tokens,
+        k=args.k,
+        repeats=args.repeats,
     )
     run_bench(config, args.out)
     return 0
@@ -343,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-prompts", type=int, default=16)
     bench.add_argument("--max-new-tokens", type=int, default=50)
     bench.add_argument("--k", type=int, default=24)
+    bench.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats of the fit and extraction stages"
+    )
     bench.add_argument("--out", default="runs/bench")
     bench.set_defaults(handler=cmd_bench)
 
