@@ -100,32 +100,24 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def _time_each(name: str, items: list, run: Callable[[object], int]) -> Stage:
-    stage = Stage(name)
-    with PeakRSS() as memory:
-        for item in items:
-            start = time.perf_counter()
-            units = run(item)
-            stage.seconds.append(time.perf_counter() - start)
-            stage.units.append(units)
-    stage.peak_rss_mb = memory.peak
-    return stage
-
-
-def _time_interleaved(runs: dict[str, Callable[[], int]], repeats: int) -> dict[str, Stage]:
-    """Each of ``runs`` timed ``repeats`` times, taking turns, so drift in machine load hits them alike (the
-    stages share one peak-RSS reading)."""
+def _time_interleaved(runs: dict[str, Callable[[object], int]], items: list) -> dict[str, Stage]:
+    """Each of ``runs`` timed on every item, the runs taking turns on each item so drift in machine load hits
+    them alike; the stages share one peak-RSS reading."""
     stages = {name: Stage(name) for name in runs}
     with PeakRSS() as memory:
-        for _ in range(repeats):
+        for item in items:
             for name, run in runs.items():
                 start = time.perf_counter()
-                units = run()
+                units = run(item)
                 stages[name].seconds.append(time.perf_counter() - start)
                 stages[name].units.append(units)
     for stage in stages.values():
         stage.peak_rss_mb = memory.peak
     return stages
+
+
+def _time_each(name: str, items: list, run: Callable[[object], int]) -> Stage:
+    return _time_interleaved({name: run}, items)[name]
 
 
 def decoding_stages(model, steerer: Steerer, prompts: list[str], config: BenchConfig) -> dict[str, Stage]:
@@ -152,18 +144,13 @@ def decoding_stages(model, steerer: Steerer, prompts: list[str], config: BenchCo
         ),
     }
     generate(model, prompts[:1], None, GenerationConfig(method="none", max_new_tokens=4), progress=False)
-    stages = {name: Stage(name) for name in settings}
-    # Stages take turns on each prompt, so drift in machine load hits them alike.
-    with PeakRSS() as memory:
-        for prompt in prompts:
-            for name, (use, generation) in settings.items():
-                start = time.perf_counter()
-                result = generate(model, [prompt], use, generation, batch_size=1, progress=False)[0]
-                stages[name].seconds.append(time.perf_counter() - start)
-                stages[name].units.append(len(result.token_ids))
-    for stage in stages.values():
-        stage.peak_rss_mb = memory.peak
-    return stages
+
+    def decode(use, generation) -> Callable[[str], int]:
+        return lambda prompt: len(
+            generate(model, [prompt], use, generation, batch_size=1, progress=False)[0].token_ids
+        )
+
+    return _time_interleaved({name: decode(*setting) for name, setting in settings.items()}, prompts)
 
 
 @dataclass(frozen=True)
@@ -191,13 +178,14 @@ def probe_fit_stage(model, bank: ProbeBank, config: BenchConfig) -> dict[str, St
     fitted = {}
 
     def fit(backend):
-        def run() -> int:
+        def run(_) -> int:
             fitted[backend] = HeadProbes(backend).fit(*data, progress=False)
             return 1
 
         return run
 
-    stages = _time_interleaved({f"f_fit_{b}": fit(b) for b in ("torch", "sklearn")}, config.repeats)
+    repeats = list(range(config.repeats))
+    stages = _time_interleaved({f"f_fit_{b}": fit(b) for b in ("torch", "sklearn")}, repeats)
     torch_fit, sklearn_fit = fitted["torch"], fitted["sklearn"]
     overlap = {tuple(h) for h in torch_fit.top_heads(config.k).tolist()} & {
         tuple(h) for h in sklearn_fit.top_heads(config.k).tolist()
@@ -213,10 +201,10 @@ def probe_fit_stage(model, bank: ProbeBank, config: BenchConfig) -> dict[str, St
 def extraction_stages(model, prompts: list[str], label: str, repeats: int) -> dict[str, Stage]:
     """(g) hook_z extraction prompts/s at batch 1 vs batch 16 (time per prompt), stages ``{label}_batch{b}``."""
 
-    def extract(batch: int) -> Callable[[], int]:
-        return lambda: len(collect_head_activations(model, prompts, batch_size=batch, progress=False))
+    def extract(batch: int) -> Callable[[object], int]:
+        return lambda _: len(collect_head_activations(model, prompts, batch_size=batch, progress=False))
 
-    return _time_interleaved({f"{label}_batch{b}": extract(b) for b in (1, 16)}, repeats)
+    return _time_interleaved({f"{label}_batch{b}": extract(b) for b in (1, 16)}, list(range(repeats)))
 
 
 def _throughput_stage(name: str, model, steerer, prompts, generation: GenerationConfig, batch: int) -> Stage:
