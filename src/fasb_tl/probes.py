@@ -159,8 +159,10 @@ class HeadProbes:
             # copy and its weighted version) several times, so chunks are sized to stay in the last-level cache
             # (~10 MB): on the bench activations (208 prompts, 270 heads) chunks of 45 heads took 0.071-0.078 s
             # against 0.091-0.099 s for all 270 at once (medians of 15, two runs). Smaller chunks lose it again
-            # to per-call overhead, hence at least 8 heads per chunk when the probe bank is large.
-            chunk = max(8, int(6e5 // (n * (d_head + 1))))
+            # to per-call overhead, hence at least 8 heads per chunk, unless a huge probe bank would push a chunk's
+            # design tensors past ~130 MB.
+            cells = n * (d_head + 1)
+            chunk = max(1, min(max(8, int(6e5 // cells)), int(8e6 // cells)))
             bar = tqdm(total=layers * heads, desc="probes (torch)", disable=not progress, leave=False)
             for start in range(0, layers * heads, chunk):
                 w, b, short = _fit_torch(flat[:, start : start + chunk], y, self.C, 100, 1e-12)
