@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 from typing_extensions import Self
 
 from fasb_tl.activations import collect_head_activations
@@ -170,9 +171,11 @@ def probe_bank_prompts(records: list[QARecord], split: Split) -> ProbeBank:
     return ProbeBank(prompts=train + val, labels=labels, n_train=len(train))
 
 
-def probe_fit_stage(model, bank: ProbeBank, config: BenchConfig) -> dict[str, Stage]:
-    """(f) all-head probe fitting: torch batched vs a loop of sklearn fits, with their agreement."""
-    acts = collect_head_activations(model, bank.prompts, batch_size=32, progress=False)
+def probe_fit_stage(
+    acts: Float[torch.Tensor, "n layer head d_head"], bank: ProbeBank, config: BenchConfig
+) -> dict[str, Stage]:
+    """(f) all-head probe fitting on ``bank``'s activations: torch batched vs a loop of sklearn fits, with their
+    agreement."""
     n = bank.n_train
     data = (acts[:n], bank.labels[:n], acts[n:], bank.labels[n:])
     fitted = {}
@@ -200,13 +203,22 @@ def probe_fit_stage(model, bank: ProbeBank, config: BenchConfig) -> dict[str, St
     return stages
 
 
-def extraction_stages(model, prompts: list[str], label: str, repeats: int) -> dict[str, Stage]:
-    """(g) hook_z extraction prompts/s at batch 1 vs batch 16 (time per prompt), stages ``{label}_batch{b}``."""
+def extraction_stages(
+    model, prompts: list[str], label: str, repeats: int
+) -> tuple[dict[str, Stage], Float[torch.Tensor, "n layer head d_head"]]:
+    """(g) hook_z extraction prompts/s at batch 1 vs batch 16 (time per prompt), stages ``{label}_batch{b}``;
+    also returns the activations, so later stages need not extract them again."""
+    extracted = {}
 
     def extract(batch: int) -> Callable[[object], int]:
-        return lambda _: len(collect_head_activations(model, prompts, batch_size=batch, progress=False))
+        def run(_) -> int:
+            extracted[batch] = collect_head_activations(model, prompts, batch_size=batch, progress=False)
+            return len(prompts)
 
-    return _time_interleaved({f"{label}_batch{b}": extract(b) for b in (1, 16)}, list(range(repeats)))
+        return run
+
+    stages = _time_interleaved({f"{label}_batch{b}": extract(b) for b in (1, 16)}, list(range(repeats)))
+    return stages, extracted[16]
 
 
 def _throughput_stage(name: str, model, steerer, prompts, generation: GenerationConfig, batch: int) -> Stage:
@@ -278,9 +290,10 @@ def run_bench(
     for name, make in (extra or {}).items():
         stages[name] = make(model, steerer, prompts, config)
     bank = probe_bank_prompts(records, split)
-    stages.update(probe_fit_stage(model, bank, config))
-    stages.update(extraction_stages(model, bank.prompts, "g_bank_extract", config.repeats))
-    stages.update(extraction_stages(model, prompts, "g_extract", config.repeats))
+    bank_extraction, bank_acts = extraction_stages(model, bank.prompts, "g_bank_extract", config.repeats)
+    stages.update(probe_fit_stage(bank_acts, bank, config))
+    stages.update(bank_extraction)
+    stages.update(extraction_stages(model, prompts, "g_extract", config.repeats)[0])
     stages.update(batch_generation_stages(model, steerer, prompts, config))
     ratios = {
         label: stages[num].seconds_per_unit / stages[den].seconds_per_unit

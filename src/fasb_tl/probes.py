@@ -56,9 +56,9 @@ def _fit_torch(
     problems were still short of ``tol`` after ``max_iter`` iterations.
 
     Gradients, logits, objectives and the line search are float64, so each problem stops at its float64
-    optimum (to ``tol``). The Hessians are built and solved in float32: their batched products were most of the fit, and
-    an approximate Hessian only makes each step slightly less than a full Newton step, which the float64 line
-    search still judges.
+    optimum (to ``tol``). The Hessians are built and solved in float32: their batched products were most of
+    the fit, and an approximate Hessian only makes each step slightly less than a full Newton step, which the
+    float64 line search still judges.
     """
     n, problems, d = x.shape
     y = y.to(torch.float64)
