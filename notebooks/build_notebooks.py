@@ -80,7 +80,7 @@ def head_importance() -> list[NotebookNode]:
         {QUIET_TQDM}
 
         {FAST_LINE}
-        DATASET = "builtin"  # "truthfulqa" needs ../shared/data/truthfulqa (see the last section)
+        DATASET = "builtin"  # or "truthfulqa", which ships with the package (see the last section)
         SEED = 42
         K = 24  # heads the Steerer keeps
         ALPHA = 15.0  # steering strength in the per-head ablation
@@ -345,23 +345,16 @@ def head_importance() -> list[NotebookNode]:
         ## Switching to TruthfulQA
 
         Everything above runs on TruthfulQA too: set `DATASET = "truthfulqa"` (and leave `FAST` off) in the
-        first cell. It reads `mc_task.json` and `TruthfulQA.csv` from `../shared/data/truthfulqa` (or
-        `$FASB_TL_DATA/truthfulqa`) and uses the reference's folds in file order. Expect the activation
-        extraction to take much longer: 817 questions give about ten times the prompts of the built-in set.
+        first cell. It reads `mc_task.json` and `TruthfulQA.csv` by the package's one lookup order
+        (`data_dir=...`, else `$FASB_TL_DATA`, else the repository's `data/`, else the copy installed with the
+        package), so it works from a clone and from a plain `pip install`, and it uses the reference's folds in
+        file order. Expect the activation extraction to take much longer: 817 questions give about ten times
+        the prompts of the built-in set.
         """),
         code("""
-        from fasb_tl.data import DatasetError, data_root
+        from fasb_tl.data import dataset_dir
 
-        try:
-            truthfulqa_dir = data_root() / "truthfulqa"
-        except DatasetError:
-            truthfulqa_dir = None
-        if FAST:
-            print("FAST mode: not looking for TruthfulQA.")
-        elif truthfulqa_dir is not None and truthfulqa_dir.is_dir():
-            print(f'TruthfulQA found in {truthfulqa_dir.resolve()}: set DATASET = "truthfulqa" to use it.')
-        else:
-            print("TruthfulQA not found: see the paths above to add it.")
+        print(f"TruthfulQA is read from {dataset_dir('truthfulqa').resolve()}")
         """),
     ]
 

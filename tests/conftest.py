@@ -39,9 +39,12 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="session")
 def data_dir():
-    from fasb_tl.data import data_root
+    """The repository's data/ folder (the tests run from a checkout, which ships every dataset)."""
+    from fasb_tl.data.paths import repository_data_dir
 
-    return data_root()
+    folder = repository_data_dir()
+    assert folder is not None, "the tests must run from a checkout of the repository, which has data/"
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from fasb_tl.data import (
     question_splits,
     tuning_bank,
 )
-from fasb_tl.data.paths import data_root
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +71,8 @@ def test_truthfulqa_missing_file_and_column(data_dir, tmp_path):
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(DatasetError, match="data folder not found"):
-        data_root(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match=r"data_dir=.*nowhere.*is not a folder"):
+        load_truthfulqa(tmp_path / "nowhere")
 
 
 def test_builtin_dataset_is_valid():

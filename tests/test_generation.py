@@ -4,7 +4,7 @@ import pytest
 import torch
 from reference_loop import reference_generate, splitting_thresholds
 
-from fasb_tl.generation import METHODS, GenerationConfig, GenerationConfigError, generate
+from fasb_tl.generation import METHODS, GenerationConfig, GenerationConfigError, generate, generate_many
 from fasb_tl.models import encode
 
 PROMPTS = [
@@ -88,6 +88,21 @@ def test_batch_results_equal_batch_size_one(tiny_model, steerer, config_for, his
     batched = generate(tiny_model, PROMPTS, steerer, config, batch_size=5, progress=False)
     single = generate(tiny_model, PROMPTS, steerer, config, batch_size=1, progress=False)
     assert [decisions(r) for r in batched] == [decisions(r) for r in single]
+
+
+@pytest.mark.parametrize("history", ["reference", "persistent"])
+def test_rows_of_different_configs_in_one_batch_equal_each_config_alone(
+    tiny_model, steerer, config_for, frequent_token_as_eos, history
+):
+    configs = {method: config_for(method, history=history) for method in METHODS}
+    configs["short"] = config_for("fasb", history=history, max_new_tokens=5, stop_at_eos=False)
+    together = generate_many(tiny_model, PROMPTS, steerer, configs, batch_size=7, progress=False)
+    assert list(together) == list(configs)
+    for name, config in configs.items():
+        alone = generate(tiny_model, PROMPTS, steerer, config, batch_size=1, progress=False)
+        assert [decisions(r) for r in together[name]] == [decisions(r) for r in alone], name
+        for mixed, single in zip(together[name], alone):
+            assert mixed.p_true_trace == pytest.approx(single.p_true_trace, abs=1e-4)
 
 
 def test_alpha_zero_gives_the_unsteered_tokens(tiny_model, steerer):

@@ -8,6 +8,7 @@ from fasb_tl.data.records import DatasetError
 from fasb_tl.evaluation.multichoice_data import (
     ALTERNATIVE_TASKS,
     SPLITS,
+    TASK_FOLDERS,
     TASKS,
     ChoiceRecord,
     load_task,
@@ -236,7 +237,11 @@ EXPECTED_MISSING = {
 
 
 @pytest.mark.parametrize("task", ALL_TASKS)
-def test_missing_file_raises_dataset_error_naming_it(tmp_path, task):
+def test_missing_folder_or_file_raises_dataset_error_naming_it(tmp_path, task):
+    with pytest.raises(DatasetError) as info:
+        load_task(task, "pool", data_dir=tmp_path)
+    assert f"has no {TASK_FOLDERS[task]}/ subfolder" in str(info.value) and str(tmp_path) in str(info.value)
+    (tmp_path / TASK_FOLDERS[task]).mkdir()
     with pytest.raises(DatasetError) as info:
         load_task(task, "pool", data_dir=tmp_path)
     assert EXPECTED_MISSING[task] in str(info.value)

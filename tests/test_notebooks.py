@@ -74,7 +74,10 @@ def _text(notebook) -> str:
 
 # What each notebook must show: at least this many figures, and these strings in its text output.
 EXPECTED = {
-    "01_head_importance.ipynb": (6, ["best head L", "largest coefficient difference", "FAST mode"]),
+    "01_head_importance.ipynb": (
+        6,
+        ["best head L", "largest coefficient difference", "TruthfulQA is read from"],
+    ),
     "02_ablations.ipynb": (6, ["fasb/question", "fasb/paper", "accuracy"]),
     "03_quickstart.ipynb": (0, ["steerer.safetensors", "unsteered:", "FASB:"]),
 }

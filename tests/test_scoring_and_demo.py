@@ -137,4 +137,4 @@ def test_demo_runs_end_to_end_on_the_tiny_model(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Multiple choice on 94 held-out questions" in printed and str(out.resolve()) in printed
     run_demo(config)
-    assert "Steerer: reused" in capsys.readouterr().out
+    assert "reused from" in capsys.readouterr().out

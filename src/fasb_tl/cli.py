@@ -10,6 +10,11 @@ from pathlib import Path
 from fasb_tl.data import DATASETS
 from fasb_tl.data.prompts import PROBE_FORMATS
 
+DATA_DIR_HELP = (
+    "folder with one subfolder per dataset (default: $FASB_TL_DATA, else the repository's data/, else the "
+    "TruthfulQA copy installed with the package)"
+)
+
 
 def _add_placement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="one device for the whole model (cpu, cuda:0, ...)")
@@ -41,9 +46,7 @@ def _add_model_data_options(parser: argparse.ArgumentParser) -> None:
     )
     _add_placement_options(parser)
     parser.add_argument("--dataset", default="builtin", choices=DATASETS)
-    parser.add_argument(
-        "--data-dir", default=None, help="data folder (default: $FASB_TL_DATA or ../shared/data)"
-    )
+    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     parser.add_argument("--folds", type=int, default=2, help="number of question folds")
     parser.add_argument("--fold", type=int, default=0, help="which fold is held out as the test set")
     parser.add_argument("--val-fraction", type=float, default=0.2)
@@ -231,7 +234,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--protocols", default="paper,question", help="MC protocols for the monitored methods"
     )
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     parser.add_argument("--k", type=int, default=24)
     parser.add_argument("--alpha", type=float, default=15.0)
     parser.add_argument("--threshold", type=float, default=0.6)

@@ -9,18 +9,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from fasb_tl.data import dataset_splits, extract_answer, generation_prompt, load_builtin
+from fasb_tl.data import dataset_splits, extract_answer, generation_prefix, generation_prompt, load_builtin
 from fasb_tl.data.records import QARecord
-from fasb_tl.generation import GenerationConfig, GenerationResult, generate
+from fasb_tl.generation import GenerationConfig, GenerationResult, generate_many
 from fasb_tl.models import load_model, model_name
 from fasb_tl.plotting import plot_head_accuracy, save_figure
-from fasb_tl.scoring import ScoringConfig, score_choices
-from fasb_tl.steering import Steerer, SteererFormatError, fit_steerer
+from fasb_tl.prefix import build_prefix_cache
+from fasb_tl.scoring import ScoringConfig, score_choices_many
+from fasb_tl.steering import ModelMismatchError, Steerer, SteererFormatError, fit_steerer
 
 
 @dataclass(frozen=True)
@@ -36,28 +37,39 @@ class DemoConfig:
     max_new_tokens: int = 50
     n_show: int = 4
     seed: int = 42
+    batch_size: int = 32
     out: str = "runs/demo"
 
 
-def _steerer(model, records: list[QARecord], config: DemoConfig, folder: Path) -> tuple[Steerer, bool]:
-    """Reuse the Steerer in ``folder`` when it was fitted with the same settings, else fit and save one."""
+def _steerer(model, records: list[QARecord], config: DemoConfig, folder: Path) -> tuple[Steerer, str]:
+    """Reuse the Steerer in ``folder`` when it was fitted with the same settings, else fit and save one;
+    returns it with a line saying which happened and why."""
     split = dataset_splits("builtin", len(records), seed=config.seed)[0]
-    try:
-        cached = Steerer.load(folder, model=model)
-        meta = cached.meta
-        if (meta.model_name, meta.dataset, meta.split_seed, meta.fold, cached.k) == (
-            model_name(model),
-            "builtin",
-            config.seed,
-            0,
-            config.k,
-        ):
-            return cached, True
-    except (SteererFormatError, ValueError):
-        pass
+    reason = f"no Steerer in {folder} yet"
+    if folder.exists():
+        try:
+            cached = Steerer.load(folder, model=model)
+        except (SteererFormatError, ModelMismatchError) as err:
+            reason = f"the folder {folder} holds no usable Steerer ({err})"
+        else:
+            meta = cached.meta
+            wanted = (model_name(model), "builtin", config.seed, 0, config.k, "mass_mean")
+            if (
+                meta.model_name,
+                meta.dataset,
+                meta.split_seed,
+                meta.fold,
+                cached.k,
+                meta.direction,
+            ) == wanted:
+                return (
+                    cached,
+                    f"reused from {folder} (an earlier run fitted it with these settings; delete it to refit)",
+                )
+            reason = f"the Steerer in {folder} was fitted with other settings"
     steerer, _ = fit_steerer(model, records, split, k=config.k, seed=config.seed, dataset="builtin", fold=0)
     steerer.save(folder, overwrite=True)
-    return steerer, False
+    return steerer, f"fitted and saved to {folder} ({reason}; the next run reuses it)"
 
 
 def _describe(result: GenerationResult, tokenizer) -> str:
@@ -72,7 +84,8 @@ def _describe(result: GenerationResult, tokenizer) -> str:
 
 def multiple_choice(model, steerer: Steerer, records: list[QARecord], config: DemoConfig) -> dict[str, dict]:
     """Accuracy (top-scored answer is true) and MC2 of none / ITI / FASB, where FASB decides once per question
-    from the probes at the end of ``Q: {question} A:`` (the ``question`` protocol)."""
+    from the probes at the end of ``Q: {question} A:`` (the ``question`` protocol). Every answer is scored
+    once unsteered; ITI and FASB re-score only the answers they steer."""
     contexts = [f"Q: {r.question} A:" for r in records]
     options = [[" " + answer for answer, _ in r.answers] for r in records]
     labels = [torch.tensor([label for _, label in r.answers]) for r in records]
@@ -83,9 +96,9 @@ def multiple_choice(model, steerer: Steerer, records: list[QARecord], config: De
             method="fasb", protocol="question", alpha=config.alpha, threshold=config.threshold
         ),
     }
+    scored = score_choices_many(model, contexts, options, steerer, methods, batch_size=config.batch_size)
     table = {}
-    for name, scoring in methods.items():
-        results = score_choices(model, contexts, options, steerer, scoring)
+    for name, results in scored.items():
         correct = [float(y[r.scores.argmax()] == 1) for r, y in zip(results, labels)]
         mc2 = [float(torch.softmax(r.scores, dim=0)[y == 1].sum()) for r, y in zip(results, labels)]
         table[name] = {
@@ -99,19 +112,21 @@ def multiple_choice(model, steerer: Steerer, records: list[QARecord], config: De
 def run_demo(config: DemoConfig | None = None) -> Path:
     """Run the demo, print its report, and return the output folder."""
     config = config or DemoConfig()
-    start = time.perf_counter()
+    clock = _StageClock()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"== fasb demo: {config.model}, built-in dataset, offline ==")
     model = load_model(config.model)
+    clock.lap("load model")
     records = load_builtin()
     split = dataset_splits("builtin", len(records), seed=config.seed)[0]
-    steerer, reused = _steerer(model, records, config, out / "steerer")
+    steerer, how = _steerer(model, records, config, out / "steerer")
     print(
-        f"Steerer: {'reused' if reused else 'fitted'} {steerer.k} heads on {len(split.train)} train / "
-        f"{len(split.val)} val questions (best head val accuracy {steerer.val_accuracy.max():.3f})"
+        f"Steerer: {steerer.k} heads from {len(split.train)} train / {len(split.val)} val questions "
+        f"(best head val accuracy {steerer.val_accuracy.max():.3f}), {how}"
     )
     heatmap = save_figure(plot_head_accuracy(steerer.val_accuracy, steerer.heads), out / "head_accuracy.png")
+    clock.lap("Steerer + heatmap")
 
     held_out = [records[i] for i in split.test]
     shown = held_out[: config.n_show]
@@ -122,12 +137,15 @@ def run_demo(config: DemoConfig | None = None) -> Path:
         back_steps=config.back_steps,
         max_new_tokens=config.max_new_tokens,
     )
-    runs = {
-        method: generate(
-            model, prompts, steerer, GenerationConfig(**{**asdict(base), "method": method}), batch_size=4
-        )
-        for method in ("none", "iti", "fasb")
-    }
+    # The three methods' rows decode as one batch, on top of the instruction + primer computed once.
+    runs = generate_many(
+        model,
+        prompts,
+        steerer,
+        {method: replace(base, method=method) for method in ("none", "iti", "fasb")},
+        prefix=build_prefix_cache(model, generation_prefix()),
+        batch_size=3 * len(prompts),
+    )
     print(
         f"\n-- Held-out answers (alpha {config.alpha}, threshold {config.threshold}, back_steps {config.back_steps}) --"
     )
@@ -142,6 +160,7 @@ def run_demo(config: DemoConfig | None = None) -> Path:
             row[method] = text
         row["fasb_triggered"] = runs["fasb"][i].triggered
         answers.append(row)
+    clock.lap("generation")
 
     print(f"\n-- Multiple choice on {len(held_out)} held-out questions (sum of answer log-probs) --")
     table = multiple_choice(model, steerer, held_out, config)
@@ -150,19 +169,38 @@ def run_demo(config: DemoConfig | None = None) -> Path:
         print(
             f"  {method:>6}  {row['accuracy']:8.3f}  {row['mc2']:6.3f}  {row['steered_questions']}/{len(held_out)}"
         )
+    clock.lap("multiple choice")
 
     report = {
         "config": asdict(config),
         "answers": answers,
         "multiple_choice": table,
-        "seconds": time.perf_counter() - start,
+        "seconds": clock.total(),
+        "stage_seconds": clock.stages,
     }
     _write_json(out / "demo.json", report)
     print(
         f"\nOutputs in {out.resolve()}: steerer/ (Steerer), {heatmap.name} (head heatmap), demo.json (answers, MC)"
     )
-    print(f"Done in {report['seconds']:.0f} s.")
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in clock.stages.items())
+    print(f"Done in {report['seconds']:.0f} s ({stages}).")
     return out
+
+
+class _StageClock:
+    """Wall time per stage of the demo, so its report says where the time went."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -20,7 +20,7 @@ How the cache is kept exact (DESIGN.md section 4):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -122,6 +122,7 @@ class _Row:
     index: int
     prompt: list[int]
     live: list[int]
+    config: GenerationConfig
     generated: list[int] = field(default_factory=list)
     mode: Literal["monitor", "plain", "steer"] = "plain"
     scale: float = 0.0
@@ -227,32 +228,32 @@ def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator
 
 
 class _Decoder:
-    """FASB's per-row decisions on top of :class:`_Batch`."""
+    """FASB's per-row decisions on top of :class:`_Batch`; each row follows its own config."""
 
-    def __init__(self, model: TransformerBridge, steerer: Steerer | None, config: GenerationConfig):
+    def __init__(self, model: TransformerBridge, steerer: Steerer | None):
         self.model = model
         self.steerer = steerer
-        self.config = config
-        eos = model.tokenizer.eos_token_id
-        self.eos = eos if config.stop_at_eos else None
+        self.eos = model.tokenizer.eos_token_id
         pad = model.tokenizer.pad_token_id
-        self.pad = pad if pad is not None else (eos if eos is not None else 0)
+        self.pad = pad if pad is not None else (self.eos if self.eos is not None else 0)
 
     def _p_true(self, batch: _Batch) -> Tensor | None:
-        if self.steerer is None or not batch.state.captured:
+        if not batch.state.captured:
             return None
         return self.steerer.captured_p_true(batch.state).float().cpu()
 
-    def run(self, prompts: list[list[int]], first_index: int, prefix: PrefixCache | None) -> list[_Row]:
-        cfg = self.config
+    def run(
+        self, jobs: list[tuple[list[int], GenerationConfig]], first_index: int, prefix: PrefixCache | None
+    ) -> list[_Row]:
         rows = []
-        for i, prompt in enumerate(prompts):
+        for i, (prompt, cfg) in enumerate(jobs):
             generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
-            rows.append(_Row(index=first_index + i, prompt=prompt, live=[], generator=generator))
-        state = HookState(capture=cfg.method in (*MONITORING_METHODS, "question"))
+            rows.append(_Row(index=first_index + i, prompt=prompt, live=[], config=cfg, generator=generator))
+        state = HookState(capture=any(row.config.method in (*MONITORING_METHODS, "question") for row in rows))
         batch = _Batch(self.model, rows, state)
         finished: list[_Row] = []
-        hooks = self.steerer.attach(self.model, state) if self.steerer is not None else nullcontext(state)
+        steering = self.steerer is not None and any(row.config.method != "none" for row in rows)
+        hooks = self.steerer.attach(self.model, state) if steering else nullcontext(state)
         with torch.no_grad(), hooks:
             logits = batch.prefill(self.pad, prefix)
             p_true = self._p_true(batch)
@@ -272,7 +273,7 @@ class _Decoder:
 
     def _start(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
         """Decide what the row does after its prompt: plain, monitored, or steered from the first token."""
-        cfg = self.config
+        cfg = row.config
         if cfg.method == "iti":
             self._restart(batch, row, kept=0, strength=1.0)
             return
@@ -286,11 +287,11 @@ class _Decoder:
 
     def _advance(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
         """Append the next token, run the FASB check, and queue what the row feeds next."""
-        cfg = self.config
+        cfg = row.config
         token = _choose(logits, cfg, row.generator)
         row.generated.append(token)
         n = len(row.generated)
-        at_end = token == self.eos or n >= cfg.max_new_tokens
+        at_end = (cfg.stop_at_eos and token == self.eos) or n >= cfg.max_new_tokens
         if row.mode == "monitor":
             row.result.p_true_trace.append(p_true)
             # The released code checks once `back_steps` tokens exist, and always at EOS / the budget.
@@ -314,7 +315,7 @@ class _Decoder:
         row.last_fed_steered = steered
 
     def _record_trigger(self, row: _Row, p_true: float, kept: int) -> float:
-        strength = 1.0 - p_true if self.config.adaptive else 1.0
+        strength = 1.0 - p_true if row.config.adaptive else 1.0
         result = row.result
         result.triggered = True
         result.trigger_step = len(row.generated)
@@ -333,14 +334,14 @@ class _Decoder:
             row.result.strength = strength
         row.generated = row.generated[:kept]
         row.result.steered_from = kept
-        if kept >= self.config.max_new_tokens:
+        if kept >= row.config.max_new_tokens:
             # A trigger at the budget that removes nothing (back_steps 0) leaves no token to steer.
             row.done = True
             return
         last = len(row.prompt) + kept - 1
         batch.drop_last(row, len(row.live) - last)
         row.mode = "steer"
-        row.scale = self.config.alpha * strength
+        row.scale = row.config.alpha * strength
         row.feed = [(row.token_at(last), row.scale)]
         row.last_fed_steered = True
 
@@ -364,24 +365,57 @@ def generate(
     the CAA baseline's :class:`fasb_tl.caa.ResidualSteerer`).
     """
     config = config or GenerationConfig()
-    if config.method != "none" and steerer is None:
-        raise GenerationConfigError(f"method {config.method!r} needs a Steerer (got None)")
+    results = generate_many(
+        model,
+        prompts,
+        steerer,
+        {config.method: config},
+        prefix=prefix,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return results[config.method]
+
+
+def generate_many(
+    model: TransformerBridge,
+    prompts: Sequence[Prompt],
+    steerer: Steerer | None,
+    configs: Mapping[str, GenerationConfig],
+    *,
+    prefix: PrefixCache | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, list[GenerationResult]]:
+    """Generate an answer for each prompt under each named config; returns the results by config name.
+
+    The rows of every (config, prompt) pair decode together, ``batch_size`` at a time, so a comparison of
+    methods costs one decode of the larger batch rather than one decode per method. Each row follows its own
+    config and equals what :func:`generate` gives for that config alone.
+    """
+    if not configs:
+        raise GenerationConfigError("got no generation config (expected at least one)")
+    for name, config in configs.items():
+        if config.method != "none" and steerer is None:
+            raise GenerationConfigError(f"method {config.method!r} ({name}) needs a Steerer (got None)")
     if batch_size < 1:
         raise GenerationConfigError(f"batch_size must be >= 1, got {batch_size}")
     token_lists = tokenize_prompts(model, prompts)
+    budget = max(config.max_new_tokens for config in configs.values())
     for i, ids in enumerate(token_lists):
-        check_context(model, len(ids) + config.max_new_tokens, what=f"prompt {i} plus max_new_tokens")
-    decoder = _Decoder(model, steerer if config.method != "none" else None, config)
+        check_context(model, len(ids) + budget, what=f"prompt {i} plus max_new_tokens")
+    jobs = [(ids, config) for config in configs.values() for ids in token_lists]
+    decoder = _Decoder(model, steerer)
     rows: list[_Row] = []
-    bar = tqdm(total=len(token_lists), desc=f"generate ({config.method})", disable=not progress, leave=False)
-    for start in range(0, len(token_lists), batch_size):
-        chunk = token_lists[start : start + batch_size]
+    label = ", ".join(config.method for config in configs.values())
+    bar = tqdm(total=len(jobs), desc=f"generate ({label})", disable=not progress, leave=False)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
         rows += decoder.run(chunk, start, prefix)
         bar.update(len(chunk))
     bar.close()
-    results = []
     for row in rows:
         row.result.token_ids = list(row.generated)
         row.result.text = model.tokenizer.decode(row.generated, skip_special_tokens=True)
-        results.append(row.result)
-    return results
+    n = len(token_lists)
+    return {name: [row.result for row in rows[k * n : (k + 1) * n]] for k, name in enumerate(configs)}

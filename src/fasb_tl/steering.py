@@ -373,16 +373,37 @@ def steerer_from_activations(
 ) -> tuple[Steerer, HeadProbes]:
     """Probes on train, top-K heads by val accuracy, ``meta.direction`` directions from train + val, sigmas
     from the label-free tuning activations. Returns the Steerer and the fitted probes."""
-    if meta.direction not in DIRECTION_KINDS:
-        raise ProbeError(f"unknown direction kind {meta.direction!r}: expected one of {DIRECTION_KINDS}")
-    n_heads_total = meta.n_layers * meta.n_heads
-    if not 1 <= k <= n_heads_total:
-        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
-    train_labels, val_labels = torch.as_tensor(train_labels), torch.as_tensor(val_labels)
+    _check_settings(meta.direction, k, meta.n_layers * meta.n_heads)
     probes = HeadProbes(backend=backend, random_state=seed).fit(
-        train_acts, train_labels, val_acts, val_labels, progress
+        train_acts, torch.as_tensor(train_labels), val_acts, torch.as_tensor(val_labels), progress
     )
+    steerer = steerer_from_probes(
+        probes, train_acts, train_labels, val_acts, val_labels, tuning_acts, meta, k=k, seed=seed
+    )
+    return steerer, probes
+
+
+def steerer_from_probes(
+    probes: HeadProbes,
+    train_acts: Float[Tensor, "n layer head d_head"],
+    train_labels: Int[Tensor, " n"],
+    val_acts: Float[Tensor, "m layer head d_head"],
+    val_labels: Int[Tensor, " m"],
+    tuning_acts: Float[Tensor, "t tuning_layer head d_head"],
+    meta: SteererMeta,
+    *,
+    k: int = 24,
+    seed: int = 42,
+) -> Steerer:
+    """The Steerer of already fitted probes: their top-K heads, ``meta.direction`` directions from train + val,
+    sigmas from the tuning activations, which need only the layers up to the deepest of the K heads."""
+    train_labels, val_labels = torch.as_tensor(train_labels), torch.as_tensor(val_labels)
     heads = probes.top_heads(k)
+    if int(heads[:, 0].max()) >= tuning_acts.shape[1]:
+        raise ProbeError(
+            f"the tuning activations hold {tuning_acts.shape[1]} layer(s), but head "
+            f"L{int(heads[:, 0].max())} is among the top {k}"
+        )
     layer, head = heads[:, 0], heads[:, 1]
     acts = torch.cat([train_acts[:, layer, head], val_acts[:, layer, head]])
     weights = probes.coef_[layer, head]
@@ -398,7 +419,14 @@ def steerer_from_activations(
         val_accuracy=probes.val_accuracy_.clone(),
         meta=meta,
     )
-    return steerer, probes
+    return steerer
+
+
+def _check_settings(direction: str, k: int, n_heads_total: int) -> None:
+    if direction not in DIRECTION_KINDS:
+        raise ProbeError(f"unknown direction kind {direction!r}: expected one of {DIRECTION_KINDS}")
+    if not 1 <= k <= n_heads_total:
+        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
 
 
 def model_meta(model: TransformerBridge, direction: DirectionKind, **provenance: Any) -> SteererMeta:
@@ -437,18 +465,14 @@ def fit_steerer(
 
     Returns the Steerer and the fitted :class:`HeadProbes` (for plots and analysis).
     """
-    if direction not in DIRECTION_KINDS:
-        raise ProbeError(f"unknown direction kind {direction!r}: expected one of {DIRECTION_KINDS}")
-    n_heads_total = int(model.cfg.n_layers) * int(model.cfg.n_heads)
-    if not 1 <= k <= n_heads_total:
-        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
+    _check_settings(direction, k, int(model.cfg.n_layers) * int(model.cfg.n_heads))
     train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train], probe_format)
     val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val], probe_format)
     tuning_prompts = tuning_bank(tuning_records if tuning_records is not None else records, seed=seed)
     acts = collect_head_activations(
-        model, train_prompts + val_prompts + tuning_prompts, batch_size=batch_size, progress=progress
+        model, train_prompts + val_prompts, batch_size=batch_size, progress=progress
     )
-    n_train, n_probe = len(train_prompts), len(train_prompts) + len(val_prompts)
+    n_train = len(train_prompts)
     meta = model_meta(
         model,
         direction,
@@ -458,15 +482,16 @@ def fit_steerer(
         n_train=len(split.train),
         n_val=len(split.val),
     )
-    return steerer_from_activations(
-        acts[:n_train],
-        torch.from_numpy(train_labels),
-        acts[n_train:n_probe],
-        torch.from_numpy(val_labels),
-        acts[n_probe:],
-        meta,
-        k=k,
-        backend=backend,
-        seed=seed,
-        progress=progress,
+    train_y, val_y = torch.from_numpy(train_labels), torch.from_numpy(val_labels)
+    probes = HeadProbes(backend=backend, random_state=seed).fit(
+        acts[:n_train], train_y, acts[n_train:], val_y, progress
     )
+    # Sigmas need the K heads only: the tuning bank's forward stops after the deepest of them.
+    deepest = int(probes.top_heads(k)[:, 0].max())
+    tuning_acts = collect_head_activations(
+        model, tuning_prompts, layers=range(deepest + 1), batch_size=batch_size, progress=progress
+    )
+    steerer = steerer_from_probes(
+        probes, acts[:n_train], train_y, acts[n_train:], val_y, tuning_acts, meta, k=k, seed=seed
+    )
+    return steerer, probes

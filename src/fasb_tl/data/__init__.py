@@ -1,7 +1,7 @@
 """Datasets as :class:`QARecord` lists, prompt formats and question-level splits."""
 
 from fasb_tl.data.builtin import load_builtin
-from fasb_tl.data.paths import data_root
+from fasb_tl.data.paths import dataset_dir
 from fasb_tl.data.prompts import (
     QA_PRIMER,
     TRUTHFULQA_INSTRUCTION,
@@ -46,7 +46,7 @@ __all__ = [
     "DatasetError",
     "QARecord",
     "Split",
-    "data_root",
+    "dataset_dir",
     "dataset_splits",
     "extract_answer",
     "generation_prefix",

@@ -7,7 +7,7 @@ import os
 
 import pandas as pd
 
-from fasb_tl.data.paths import data_root, require_file
+from fasb_tl.data.paths import dataset_dir, require_file
 from fasb_tl.data.records import DatasetError, QARecord, check_unique_questions
 
 CSV_COLUMNS = ("Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers")
@@ -50,13 +50,15 @@ def _record(index: int, item: dict, row: pd.Series) -> QARecord:
 
 
 def load_truthfulqa(data_dir: str | os.PathLike | None = None) -> list[QARecord]:
-    """All 817 TruthfulQA questions in ``mc_task.json`` order, from ``{data_dir}/truthfulqa``.
+    """All 817 TruthfulQA questions in ``mc_task.json`` order, from the ``truthfulqa/`` folder that
+    :func:`~fasb_tl.data.paths.dataset_dir` finds (``data_dir``, ``$FASB_TL_DATA``, the repository's ``data/``,
+    else the copy installed with the package).
 
     ``true_answers``/``false_answers`` are the ``mc2_targets`` (the probe bank of ITI and FASB); the CSV's
     best/correct/incorrect answers and the MC1 targets are in ``extra``. CSV rows are matched to the JSON by
     whitespace-stripped question text; any question that cannot be matched raises.
     """
-    folder = data_root(data_dir) / "truthfulqa"
+    folder = dataset_dir("truthfulqa", data_dir)
     with open(require_file(folder, "mc_task.json"), encoding="utf-8") as handle:
         items = json.load(handle)
     frame = pd.read_csv(require_file(folder, "TruthfulQA.csv"), encoding="utf-8-sig", keep_default_na=False)

@@ -2,7 +2,7 @@
 
 The prompt templates, answer words and label mappings come from SADI's ``load_dataset.py`` (Wang et al.,
 "Semantics-Adaptive Activation Intervention", ICLR 2025; github.com/weixuan-wang123/SADI), as documented in
-``shared/data/README.md``. FASB's own multiple-choice protocol is not published; that it follows SADI is an
+``data/README.md``. FASB's own multiple-choice protocol is not published; that it follows SADI is an
 assumption. Two deliberate departures: every context ends with ``"Answer:"`` (COPA's trailing newline is
 dropped) and every answer is scored as a continuation starting with a space; and where SADI's pool file
 is not available here, a disjoint substitute is used (see :func:`load_task` and each loader).
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fasb_tl.data.paths import data_root, require_file
+from fasb_tl.data.paths import dataset_dir, require_file
 from fasb_tl.data.records import DatasetError
 
 TASKS = ("copa", "storycloze", "nli", "mmlu", "sst2", "winogrande")
@@ -133,9 +133,9 @@ def _field(row: dict, key: str, where: str) -> str:
     return str(row[key])
 
 
-def _load_copa(root: Path, split: str) -> list[ChoiceRecord]:
+def _load_copa(folder: Path, split: str) -> list[ChoiceRecord]:
     """COPA: pool = the 500 dev items (SADI's xcopa/train.csv is not available), eval = the 500 test items."""
-    path = require_file(root / "copa", "dev.jsonl" if split == "pool" else "test.jsonl")
+    path = require_file(folder, "dev.jsonl" if split == "pool" else "test.jsonl")
     records = []
     for lineno, item in _read_jsonl(path):
         where = f"{path}:{lineno}"
@@ -157,9 +157,9 @@ def _load_copa(root: Path, split: str) -> list[ChoiceRecord]:
     return records
 
 
-def _load_storycloze(root: Path, split: str) -> list[ChoiceRecord]:
+def _load_storycloze(folder: Path, split: str) -> list[ChoiceRecord]:
     """StoryCloze Spring-2016 val: pool = first 360 stories, eval = the other 1,511 (XStoryCloze's split)."""
-    path = require_file(root / "storycloze", STORYCLOZE_FILE)
+    path = require_file(folder, STORYCLOZE_FILE)
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in STORYCLOZE_COLUMNS if c not in (reader.fieldnames or [])]
@@ -189,12 +189,12 @@ def _load_storycloze(root: Path, split: str) -> list[ChoiceRecord]:
     return records
 
 
-def _load_nli(root: Path, split: str) -> list[ChoiceRecord]:
+def _load_nli(folder: Path, split: str) -> list[ChoiceRecord]:
     """SNLI (the paper's NLI set): pool = validation.tsv, eval = test.tsv; labels outside 0/1/2 are skipped.
 
     The TSVs are pandas exports, so fields holding a double quote are CSV-quoted; the csv module undoes that.
     """
-    path = require_file(root / "nli" / "snli", "validation.tsv" if split == "pool" else "test.tsv")
+    path = require_file(folder / "snli", "validation.tsv" if split == "pool" else "test.tsv")
     records = []
     skipped = 0
     with open(path, encoding="utf-8", newline="") as handle:
@@ -217,14 +217,14 @@ def _load_nli(root: Path, split: str) -> list[ChoiceRecord]:
     return records
 
 
-def _load_xnli_en(root: Path, split: str) -> list[ChoiceRecord]:
+def _load_xnli_en(folder: Path, split: str) -> list[ChoiceRecord]:
     """XNLI-en dev (SADI's NLI source): pool = first half of its 2,490 rows, eval = second half.
 
     Only the labelled dev split is available here (no labelled XNLI-en test), so it is halved in file order.
     The file lists three hypotheses per premise and 1,245 is a multiple of three, so no premise straddles
     the cut.
     """
-    path = require_file(root / "nli" / "xnli_en", "dev-en.tsv")
+    path = require_file(folder / "xnli_en", "dev-en.tsv")
     with open(path, encoding="utf-8", newline="") as handle:
         # Raw TSV (no quoting), with CRLF line ends that the csv module absorbs.
         rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
@@ -246,17 +246,16 @@ def _load_xnli_en(root: Path, split: str) -> list[ChoiceRecord]:
     return records
 
 
-def _load_mmlu(root: Path, split: str) -> list[ChoiceRecord]:
+def _load_mmlu(folder: Path, split: str) -> list[ChoiceRecord]:
     """MMLU, subjects in sorted order: pool = all dev rows (5 per subject), eval = all test rows.
 
     SADI scores and steers on the same test rows; the dev files give a disjoint pool instead. Ids are
     ``mmlu-{split}-{subject}-{row:03d}`` so the subject can be read back.
     """
     name = "dev" if split == "pool" else "test"
-    folder = root / "mmlu" / name
-    paths = sorted(folder.glob(f"*_{name}.csv"))
+    paths = sorted((folder / name).glob(f"*_{name}.csv"))
     if not paths:
-        raise DatasetError(f"missing data files {folder}/*_{name}.csv (no MMLU subject files found)")
+        raise DatasetError(f"missing data files {folder / name}/*_{name}.csv (no MMLU subject files found)")
     records = []
     for path in paths:
         subject = path.name[: -len(f"_{name}.csv")]
@@ -278,9 +277,9 @@ def _load_mmlu(root: Path, split: str) -> list[ChoiceRecord]:
     return records
 
 
-def _load_sst2(root: Path, split: str) -> list[ChoiceRecord]:
+def _load_sst2(folder: Path, split: str) -> list[ChoiceRecord]:
     """SST-2, lines ``<0|1> <sentence>`` (1 positive): pool = stsa.binary.train, eval = stsa.binary.test."""
-    path = require_file(root / "sst2", "stsa.binary.train" if split == "pool" else "stsa.binary.test")
+    path = require_file(folder, "stsa.binary.train" if split == "pool" else "stsa.binary.test")
     records = []
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
@@ -312,13 +311,13 @@ def parse_winogrande_instruction(instruction: str) -> tuple[str, str, str]:
     return sentence.strip(), option1.strip(), option2.strip()
 
 
-def _load_winogrande(root: Path, split: str) -> list[ChoiceRecord]:
+def _load_winogrande(folder: Path, split: str) -> list[ChoiceRecord]:
     """Winogrande dev (1,267 rows): eval = its last 1,000 rows, pool = the first 267.
 
     No Winogrande training split is available here, so a disjoint slice of dev serves as the pool. The cut
     falls between two twin pairs in this file, so no twin sentence straddles it. Ids carry the file row.
     """
-    path = require_file(root / "winogrande", "test.json")
+    path = require_file(folder, "test.json")
     with open(path, encoding="utf-8") as handle:
         try:
             items = json.load(handle)
@@ -349,6 +348,9 @@ def _load_winogrande(root: Path, split: str) -> list[ChoiceRecord]:
     return records
 
 
+# The subfolder of the data folder each task reads (SNLI and XNLI-en share nli/).
+TASK_FOLDERS = {task: "nli" if task == "xnli_en" else task for task in TASKS + ALTERNATIVE_TASKS}
+
 _LOADERS: dict[str, Callable[[Path, str], list[ChoiceRecord]]] = {
     "copa": _load_copa,
     "storycloze": _load_storycloze,
@@ -370,11 +372,11 @@ def load_task(task: str, split: str, data_dir: str | os.PathLike | None = None) 
     if task not in _LOADERS:
         raise DatasetError(f"unknown task {task!r}: expected one of {TASKS + ALTERNATIVE_TASKS}")
     _check_split(split)
-    root = data_root(data_dir)
+    folder = dataset_dir(TASK_FOLDERS[task], data_dir)
     loader = _LOADERS[task]
-    records = loader(root, split)
+    records = loader(folder, split)
     if split == "pool":
-        eval_contexts = {record.context for record in loader(root, "eval")}
+        eval_contexts = {record.context for record in loader(folder, "eval")}
         records = [record for record in records if record.context not in eval_contexts]
     seen: set[str] = set()
     for record in records:
