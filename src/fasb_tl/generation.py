@@ -1,7 +1,7 @@
 """The decode loop: KV-cached generation with probe monitoring, backtracking and steering (FASB and its
 ablations), for a batch of prompts at once.
 
-How the cache is kept exact (DESIGN.md section 4):
+How the cache is kept exact (docs/ARCHITECTURE.md, section 6, gives the full semantics):
 
 * Rows are left-padded and share one rectangular ``DynamicCache``. A row that rolls back does not re-run
   anything: the cache slots of its dropped positions are switched off in the attention mask, and the bridge
