@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from fasb_tl.activations import collect_head_activations, collect_span_activations, tokenize_prompts
+from fasb_tl.activations import (
+    collect_head_activations,
+    collect_head_activations_at,
+    collect_span_activations,
+    tokenize_prompts,
+)
 from fasb_tl.models import ContextLengthError, encode
 
 PROMPTS = ["Q: a A: b", "Q: a much longer prompt than the others A: yes", "x", "Q: medium length A: no"]
@@ -40,6 +45,19 @@ def test_explicit_positions_and_spans(tiny_model):
     )
     assert [s.shape[0] for s in spans] == [2, 7, 1, 3]
     assert torch.allclose(spans[1][:, 1], z[2:9], atol=1e-4)
+
+
+def test_several_positions_per_prompt_equal_one_position_at_a_time(tiny_model):
+    prompts = ["Q: Is the sky blue? A: Yes.", "Hi", "Q: Why? A: Because it is."]
+    positions = [[-1, 3, 0], [1], [-2, -1]]
+    pieces = collect_head_activations_at(tiny_model, prompts, positions, batch_size=2, progress=False)
+    for prompt, picks, piece in zip(prompts, positions, pieces):
+        assert piece.shape[0] == len(picks)
+        for row, pick in zip(piece, picks):
+            alone = collect_head_activations(tiny_model, [prompt], [pick], progress=False)[0]
+            assert torch.allclose(row, alone, atol=1e-5)
+    with pytest.raises(ValueError, match="empty position list"):
+        collect_head_activations_at(tiny_model, prompts[:1], [[]], progress=False)
 
 
 def test_bad_inputs_are_refused(tiny_model):

@@ -7,7 +7,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from fasb_tl import HeadProbes, collect_head_activations
-from fasb_tl.data import dataset_splits, load_builtin, probe_bank
+from fasb_tl.data import dataset_splits, load_builtin, probe_bank, tuning_bank
 from fasb_tl.models import encode
 from fasb_tl.steering import (
     HookState,
@@ -15,6 +15,7 @@ from fasb_tl.steering import (
     Steerer,
     SteererFormatError,
     SteererMeta,
+    _bank_activations,
     fit_steerer,
 )
 
@@ -37,6 +38,21 @@ def test_fit_steerer_produces_consistent_tensors(fitted, builtin_split):
     assert torch.allclose(steerer.directions.norm(dim=1), torch.ones(5))
     assert (steerer.sigmas > 0).all()
     assert steerer.meta.n_train == len(builtin_split[1].train)
+
+
+def test_probe_activations_read_inside_tuning_prompts_equal_their_own_forward(tiny_model, builtin_split):
+    records, split = builtin_split
+    probe_prompts, _, _ = probe_bank([records[i] for i in split.train[:12]])
+    # Only some questions are in the tuning records, so some probe prompts need a forward of their own.
+    tuning_prompts = tuning_bank([records[i] for i in split.train[:6]] + records[-3:], seed=1)
+    probe_acts, tuning_acts = _bank_activations(tiny_model, probe_prompts, tuning_prompts, 5, False)
+    hosted = sum(any(t.startswith(p + " Q: ") for t in tuning_prompts) for p in probe_prompts)
+    assert 0 < hosted < len(probe_prompts)
+    alone = collect_head_activations(tiny_model, probe_prompts, batch_size=3, progress=False)
+    assert torch.allclose(probe_acts, alone, atol=1e-5)
+    assert torch.allclose(
+        tuning_acts, collect_head_activations(tiny_model, tuning_prompts, progress=False), atol=1e-5
+    )
 
 
 def test_random_direction_keeps_the_same_heads_and_probes(tiny_model, fitted, builtin_split):

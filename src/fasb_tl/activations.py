@@ -156,6 +156,32 @@ def collect_head_activations(
     return torch.cat(pieces, dim=0)
 
 
+def collect_head_activations_at(
+    model: TransformerBridge,
+    prompts: Sequence[Prompt],
+    positions: Sequence[Sequence[int]],
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    padding_side: PaddingSide = "right",
+    progress: bool = True,
+    shard: Shard | None = None,
+) -> list[Float[Tensor, "k layer head d_head"]]:
+    """hook_z of every layer at several positions of each prompt, ``positions[i]`` for prompt i (indices into
+    its own tokens; negative values count from its end), all read in one forward per batch."""
+    token_lists = tokenize_prompts(model, prompts)
+    if len(positions) != len(token_lists):
+        raise ValueError(f"got {len(positions)} position lists for {len(token_lists)} prompts")
+    wanted = []
+    for index, (picks, ids) in enumerate(zip(positions, token_lists)):
+        if len(picks) == 0:
+            raise ValueError(f"prompt {index} has an empty position list")
+        wanted.append(torch.tensor([_normalise_position(p, len(ids), index) for p in picks]))
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    names = [hook_z_name(layer) for layer in layers]
+    return _extract(model, token_lists, wanted, names, batch_size, padding_side, progress, shard)
+
+
 def collect_residual_activations(
     model: TransformerBridge,
     prompts: Sequence[Prompt],

@@ -338,43 +338,53 @@ def score_choices_many(
     by_item: list[list[int]] = [[] for _ in contexts]
     for pair, owner in enumerate(owners):
         by_item[owner].append(pair)
-    results = {}
-    # Configs that steer the same pairs the same way (e.g. fasb and no_backtrack under the question
-    # protocol) share one re-run.
-    rescored: dict[tuple, Tensor] = {}
     interventions = dict(interventions or {})
     unknown = set(interventions) - set(configs)
     if unknown:
         raise ScoringConfigError(
             f"interventions name configs {sorted(unknown)} that are not in {sorted(configs)}"
         )
+    decisions = {name: _decisions(config, items, base) for name, config in configs.items()}
+    # Configs that steer the same pairs the same way (e.g. fasb and no_backtrack under the question
+    # protocol) share one re-score; the re-scores of every config steered by the same intervention run as
+    # one pass, so each question's context is computed once for all of them.
+    reruns: dict[tuple, list[int]] = {}
     for name, config in configs.items():
-        decisions = _decisions(config, items, base)
-        scores = base.scores.clone()
-        steered = [i for i, d in enumerate(decisions) if d is not None and config.alpha > 0]
-        acting = interventions.get(name, steerer)
-        signature = (id(acting), config.alpha, tuple(decisions))
-        if steered and signature in rescored:
-            scores = rescored[signature]
-        elif steered:
-            rerun = _teacher_forced(
-                model,
-                [items[i] for i in steered],
-                acting,
-                [(decisions[i][0], config.alpha * decisions[i][1]) for i in steered],
-                False,
-                prefix,
-                batch_size,
-                f"score ({name})",
-                progress,
-            )
-            scores[steered] = rerun.scores
+        steered = [i for i, d in enumerate(decisions[name]) if d is not None and config.alpha > 0]
+        if steered:
+            acting = interventions.get(name, steerer)
+            reruns.setdefault((id(acting), config.alpha, tuple(decisions[name])), steered)
+    actors = {id(actor): actor for actor in [steerer, *interventions.values()] if actor is not None}
+    rescored: dict[tuple, Tensor] = {}
+    for acting_id in dict.fromkeys(signature[0] for signature in reruns):
+        signatures = [signature for signature in reruns if signature[0] == acting_id]
+        pairs = [(signature, i) for signature in signatures for i in reruns[signature]]
+        rerun = _teacher_forced(
+            model,
+            [items[i] for _, i in pairs],
+            actors[acting_id],
+            [(signature[2][i][0], signature[1] * signature[2][i][1]) for signature, i in pairs],
+            False,
+            prefix,
+            batch_size,
+            "score (steered)",
+            progress,
+        )
+        for signature in signatures:
+            scores = base.scores.clone()
+            rows = [row for row, (owner, _) in enumerate(pairs) if owner == signature]
+            scores[reruns[signature]] = rerun.scores[rows]
             rescored[signature] = scores
+    results = {}
+    for name, config in configs.items():
+        acting = interventions.get(name, steerer)
+        signature = (id(acting), config.alpha, tuple(decisions[name]))
+        scores = rescored.get(signature, base.scores)
         results[name] = [
             ChoiceScores(
                 scores=scores[mine],
                 unsteered=base.scores[mine],
-                strengths=[decisions[i][1] if decisions[i] is not None else 0.0 for i in mine],
+                strengths=[d[1] if (d := decisions[name][i]) is not None else 0.0 for i in mine],
             )
             for mine in by_item
         ]

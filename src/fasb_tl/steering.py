@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fasb_tl.activations import collect_head_activations, hook_z_name
+from fasb_tl.activations import collect_head_activations_at, hook_z_name, tokenize_prompts
 from fasb_tl.data.prompts import ProbeFormat, probe_bank, tuning_bank
 from fasb_tl.data.records import QARecord
 from fasb_tl.data.splits import Split
@@ -373,37 +373,16 @@ def steerer_from_activations(
 ) -> tuple[Steerer, HeadProbes]:
     """Probes on train, top-K heads by val accuracy, ``meta.direction`` directions from train + val, sigmas
     from the label-free tuning activations. Returns the Steerer and the fitted probes."""
-    _check_settings(meta.direction, k, meta.n_layers * meta.n_heads)
-    probes = HeadProbes(backend=backend, random_state=seed).fit(
-        train_acts, torch.as_tensor(train_labels), val_acts, torch.as_tensor(val_labels), progress
-    )
-    steerer = steerer_from_probes(
-        probes, train_acts, train_labels, val_acts, val_labels, tuning_acts, meta, k=k, seed=seed
-    )
-    return steerer, probes
-
-
-def steerer_from_probes(
-    probes: HeadProbes,
-    train_acts: Float[Tensor, "n layer head d_head"],
-    train_labels: Int[Tensor, " n"],
-    val_acts: Float[Tensor, "m layer head d_head"],
-    val_labels: Int[Tensor, " m"],
-    tuning_acts: Float[Tensor, "t tuning_layer head d_head"],
-    meta: SteererMeta,
-    *,
-    k: int = 24,
-    seed: int = 42,
-) -> Steerer:
-    """The Steerer of already fitted probes: their top-K heads, ``meta.direction`` directions from train + val,
-    sigmas from the tuning activations, which need only the layers up to the deepest of the K heads."""
+    if meta.direction not in DIRECTION_KINDS:
+        raise ProbeError(f"unknown direction kind {meta.direction!r}: expected one of {DIRECTION_KINDS}")
+    n_heads_total = meta.n_layers * meta.n_heads
+    if not 1 <= k <= n_heads_total:
+        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
     train_labels, val_labels = torch.as_tensor(train_labels), torch.as_tensor(val_labels)
+    probes = HeadProbes(backend=backend, random_state=seed).fit(
+        train_acts, train_labels, val_acts, val_labels, progress
+    )
     heads = probes.top_heads(k)
-    if int(heads[:, 0].max()) >= tuning_acts.shape[1]:
-        raise ProbeError(
-            f"the tuning activations hold {tuning_acts.shape[1]} layer(s), but head "
-            f"L{int(heads[:, 0].max())} is among the top {k}"
-        )
     layer, head = heads[:, 0], heads[:, 1]
     acts = torch.cat([train_acts[:, layer, head], val_acts[:, layer, head]])
     weights = probes.coef_[layer, head]
@@ -419,14 +398,7 @@ def steerer_from_probes(
         val_accuracy=probes.val_accuracy_.clone(),
         meta=meta,
     )
-    return steerer
-
-
-def _check_settings(direction: str, k: int, n_heads_total: int) -> None:
-    if direction not in DIRECTION_KINDS:
-        raise ProbeError(f"unknown direction kind {direction!r}: expected one of {DIRECTION_KINDS}")
-    if not 1 <= k <= n_heads_total:
-        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
+    return steerer, probes
 
 
 def model_meta(model: TransformerBridge, direction: DirectionKind, **provenance: Any) -> SteererMeta:
@@ -440,6 +412,55 @@ def model_meta(model: TransformerBridge, direction: DirectionKind, **provenance:
         direction=direction,
         **provenance,
     )
+
+
+def _bank_activations(
+    model: TransformerBridge,
+    probe_prompts: list[str],
+    tuning_prompts: list[str],
+    batch_size: int,
+    progress: bool,
+) -> tuple[Float[Tensor, "p layer head d_head"], Float[Tensor, "t layer head d_head"]]:
+    """hook_z at the last token of every probe and every tuning prompt, in one extraction.
+
+    A tuning prompt ``Q: {q} A: {a} Q: {other}`` begins with the probe prompt ``Q: {q} A: {a}`` of the same
+    answer; under causal attention hook_z at the probe prompt's last token is the same inside the longer
+    prompt, so that forward serves both banks. Probe prompts that no tuning prompt begins with token for
+    token (another probe format, a merge across the boundary, an answer outside the tuning records) get a
+    forward of their own.
+    """
+    probe_ids = tokenize_prompts(model, probe_prompts)
+    tuning_ids = tokenize_prompts(model, tuning_prompts)
+    waiting = {text: j for j, text in reversed(list(enumerate(probe_prompts)))}
+    host: dict[int, int] = {}
+    for i, text in enumerate(tuning_prompts):
+        cut = text.find(" Q: ")
+        while cut > 0:
+            j = waiting.get(text[:cut])
+            if j is not None and tuning_ids[i][: len(probe_ids[j])] == probe_ids[j]:
+                host[j] = i
+                del waiting[text[:cut]]
+                break
+            cut = text.find(" Q: ", cut + 1)
+    hosted_by = {i: j for j, i in host.items()}
+    alone = [j for j in range(len(probe_prompts)) if j not in host]
+    positions = [
+        [-1, len(probe_ids[hosted_by[i]]) - 1] if i in hosted_by else [-1] for i in range(len(tuning_ids))
+    ]
+    pieces = collect_head_activations_at(
+        model,
+        tuning_ids + [probe_ids[j] for j in alone],
+        positions + [[-1]] * len(alone),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    tuning_acts = torch.stack([piece[0] for piece in pieces[: len(tuning_ids)]])
+    probe_rows: list[Tensor | None] = [None] * len(probe_prompts)
+    for j, i in host.items():
+        probe_rows[j] = pieces[i][1]
+    for j, piece in zip(alone, pieces[len(tuning_ids) :]):
+        probe_rows[j] = piece[0]
+    return torch.stack(probe_rows), tuning_acts  # type: ignore[arg-type]
 
 
 def fit_steerer(
@@ -465,14 +486,19 @@ def fit_steerer(
 
     Returns the Steerer and the fitted :class:`HeadProbes` (for plots and analysis).
     """
-    _check_settings(direction, k, int(model.cfg.n_layers) * int(model.cfg.n_heads))
+    if direction not in DIRECTION_KINDS:
+        raise ProbeError(f"unknown direction kind {direction!r}: expected one of {DIRECTION_KINDS}")
+    n_heads_total = int(model.cfg.n_layers) * int(model.cfg.n_heads)
+    if not 1 <= k <= n_heads_total:
+        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
     train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train], probe_format)
     val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val], probe_format)
     tuning_prompts = tuning_bank(tuning_records if tuning_records is not None else records, seed=seed)
-    acts = collect_head_activations(
-        model, train_prompts + val_prompts, batch_size=batch_size, progress=progress
+    probe_acts, tuning_acts = _bank_activations(
+        model, train_prompts + val_prompts, tuning_prompts, batch_size, progress
     )
-    n_train = len(train_prompts)
+    acts = torch.cat([probe_acts, tuning_acts])
+    n_train, n_probe = len(train_prompts), len(train_prompts) + len(val_prompts)
     meta = model_meta(
         model,
         direction,
@@ -482,16 +508,15 @@ def fit_steerer(
         n_train=len(split.train),
         n_val=len(split.val),
     )
-    train_y, val_y = torch.from_numpy(train_labels), torch.from_numpy(val_labels)
-    probes = HeadProbes(backend=backend, random_state=seed).fit(
-        acts[:n_train], train_y, acts[n_train:], val_y, progress
+    return steerer_from_activations(
+        acts[:n_train],
+        torch.from_numpy(train_labels),
+        acts[n_train:n_probe],
+        torch.from_numpy(val_labels),
+        acts[n_probe:],
+        meta,
+        k=k,
+        backend=backend,
+        seed=seed,
+        progress=progress,
     )
-    # Sigmas need the K heads only: the tuning bank's forward stops after the deepest of them.
-    deepest = int(probes.top_heads(k)[:, 0].max())
-    tuning_acts = collect_head_activations(
-        model, tuning_prompts, layers=range(deepest + 1), batch_size=batch_size, progress=progress
-    )
-    steerer = steerer_from_probes(
-        probes, acts[:n_train], train_y, acts[n_train:], val_y, tuning_acts, meta, k=k, seed=seed
-    )
-    return steerer, probes
