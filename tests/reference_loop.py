@@ -66,7 +66,9 @@ def reference_generate(
                     result.strength = strength
                     gen = gen[:kept]
                     ids = prompt + gen
-                    finished = cfg.method == "no_backtrack" and at_end
+                    # Deliberate difference from the released code, which generates past a kept EOS: an
+                    # answer whose kept tokens end in EOS is finished.
+                    finished = (cfg.method == "no_backtrack" and at_end) or (bool(gen) and gen[-1] == eos)
                     break
             if at_end:
                 finished = True
@@ -75,7 +77,7 @@ def reference_generate(
         result.triggered, result.trigger_step, result.p_true_at_trigger = True, 0, 1.0 - strength
         result.strength = strength
 
-    if strength is not None and not finished:
+    if strength is not None and not finished and len(gen) < cfg.max_new_tokens:
         result.strength = strength
         result.steered_from = kept
         steer_from = q + kept - 1
@@ -112,5 +114,8 @@ def splitting_thresholds(model, steerer: Steerer, prompts: list[str], back_steps
     first_check = max(back_steps, 1) - 1
     return {
         "question": midpoint(r.p_true_trace[0] for r in results),
-        "monitor": midpoint(min(r.p_true_trace[first_check:]) for r in results),
+        # A row that stops (EOS) before the first regular check is checked at its last token.
+        "monitor": midpoint(
+            min(r.p_true_trace[min(first_check, len(r.p_true_trace) - 1) :]) for r in results
+        ),
     }

@@ -154,6 +154,34 @@ def test_a_trigger_at_the_budget_without_backtracking_stays_within_max_new_token
         )
 
 
+@pytest.mark.parametrize("history", ["reference", "persistent"])
+@pytest.mark.parametrize("method", ["fasb", "fixed"])
+def test_a_trigger_on_a_kept_eos_ends_the_answer(tiny_model, steerer, method, history):
+    """back_steps 0 keeps the token that triggered; when it is EOS the answer is finished (the released code
+    would generate past it)."""
+    ids = encode(tiny_model, PROMPTS[0])
+    plain = generate(
+        tiny_model, [ids], None, GenerationConfig(method="none", max_new_tokens=1), progress=False
+    )
+    tokenizer = tiny_model.tokenizer
+    original = tokenizer.eos_token
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(plain[0].token_ids[0])
+    try:
+        config = dataclasses.replace(
+            BASE, method=method, history=history, threshold=2.0, force_threshold=True, back_steps=0
+        )
+        result = generate(tiny_model, [ids], steerer, config, progress=False)[0]
+        assert result.token_ids == plain[0].token_ids and result.triggered and result.trigger_step == 1
+        assert result.removed_token_ids == [] and result.steered_from is None
+        assert decisions(result) == decisions(reference_generate(tiny_model, ids, steerer, config))
+        longer = generate(
+            tiny_model, [ids], steerer, dataclasses.replace(config, stop_at_eos=False), progress=False
+        )[0]
+        assert len(longer.token_ids) == config.max_new_tokens
+    finally:
+        tokenizer.eos_token = original
+
+
 def test_removed_tokens_never_reach_into_the_prompt(tiny_model, steerer):
     config = dataclasses.replace(BASE, threshold=0.5, back_steps=6)
     for result in generate(tiny_model, PROMPTS, steerer, config, progress=False):

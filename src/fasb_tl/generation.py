@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fasb_tl.activations import Prompt, pad_batch, tokenize_prompts
+from fasb_tl.attention import cached_forward
 from fasb_tl.models import check_context
 from fasb_tl.prefix import PrefixCache
 from fasb_tl.steering import HookState, Steerer
@@ -97,7 +98,12 @@ class GenerationConfig:
 
 @dataclass
 class GenerationResult:
-    """One generated answer and what FASB did while producing it."""
+    """One generated answer and what FASB did while producing it.
+
+    ``trigger_step`` is the number of generated tokens when the probes fired, ``removed_token_ids`` what the
+    backtrack dropped, and ``steered_from`` how many tokens were kept before steered generation began (None
+    when no steered token followed: no trigger, or a trigger that kept the whole budget or a final EOS).
+    """
 
     text: str
     token_ids: list[int]
@@ -180,18 +186,11 @@ class _Batch:
         return self._forward(ids, scale)
 
     def _forward(self, ids: Tensor, scale: Tensor) -> Tensor:
-        device = self.model.cfg.device
         self.state.scale = scale if bool((scale != 0).any()) else None
         self.state.captured.clear()
         # Only the last position's logits choose a token: skipping the others' unembedding saves most of a
         # prompt's unembedding and half of every two-token step's.
-        logits, self.cache = self.model(
-            ids.to(device),
-            attention_mask=self.mask.to(device),
-            past_key_values=self.cache,
-            return_type="logits_and_cache",
-            logits_to_keep=1,
-        )
+        logits, self.cache = cached_forward(self.model, ids, self.mask, self.cache, logits_to_keep=1)
         return logits[:, -1].float().cpu()
 
     def drop_last(self, row: _Row, count: int) -> None:
@@ -333,11 +332,13 @@ class _Decoder:
         if row.result.strength is None:
             row.result.strength = strength
         row.generated = row.generated[:kept]
-        row.result.steered_from = kept
-        if kept >= row.config.max_new_tokens:
-            # A trigger at the budget that removes nothing (back_steps 0) leaves no token to steer.
+        ends_in_eos = kept > 0 and row.config.stop_at_eos and row.generated[-1] == self.eos
+        if kept >= row.config.max_new_tokens or ends_in_eos:
+            # A trigger that removes nothing (back_steps 0) at the budget leaves no token to steer, and at EOS
+            # it keeps a finished answer: the answer ends there (the released code generates past the EOS).
             row.done = True
             return
+        row.result.steered_from = kept
         last = len(row.prompt) + kept - 1
         batch.drop_last(row, len(row.live) - last)
         row.mode = "steer"

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-TINY_MODEL = "tiny-random-llama"
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -123,54 +122,136 @@ TINY_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
-def _build_tiny_model(out: Path) -> None:
-    """A 2-layer random Llama (4 heads, 2 KV heads, head_dim 16) with a character tokenizer."""
+def _tiny_tokenizer():
+    """A character-level tokenizer: BPE with no merges over printable ASCII, newline and four specials."""
     from tokenizers import Tokenizer, decoders, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(TINY_SPECIALS + TINY_CHARS)}
-    # BPE with no merges over a character vocabulary splits text into single characters.
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=1024,
-        initializer_range=0.2,
-        pad_token_id=vocab["<pad>"],
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        tie_word_embeddings=False,
-        architectures=["LlamaForCausalLM"],
+    return vocab, tokenizer
+
+
+# Tiny random models of each architecture the decode loop is tested on: 4 heads of d_head 16. The
+# sliding-window ones use a window of 8 so that short test prompts already fill it.
+TINY_WINDOW = 8
+TINY_ARCHITECTURES = ("llama", "gpt2", "gpt-neox", "qwen2", "mistral", "gemma3")
+
+
+def _tiny_config(architecture: str, vocab: dict[str, int]):
+    import transformers
+
+    special = {
+        "vocab_size": len(vocab),
+        "pad_token_id": vocab["<pad>"],
+        "bos_token_id": vocab["<s>"],
+        "eos_token_id": vocab["</s>"],
+    }
+    rotary = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "initializer_range": 0.2,
+        "tie_word_embeddings": False,
+        **special,
+    }
+    if architecture == "llama":
+        return transformers.LlamaConfig(**rotary, num_hidden_layers=2, head_dim=16), "LlamaForCausalLM"
+    if architecture == "gpt2":
+        config = transformers.GPT2Config(
+            n_embd=64, n_layer=3, n_head=4, n_inner=128, n_positions=1024, initializer_range=0.2, **special
+        )
+        return config, "GPT2LMHeadModel"
+    if architecture == "gpt-neox":
+        config = transformers.GPTNeoXConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            initializer_range=0.2,
+            tie_word_embeddings=False,
+            **special,
+        )
+        return config, "GPTNeoXForCausalLM"
+    if architecture == "qwen2":
+        # Layer 0 full attention, layers 1-2 sliding.
+        config = transformers.Qwen2Config(
+            **rotary,
+            num_hidden_layers=3,
+            use_sliding_window=True,
+            sliding_window=TINY_WINDOW,
+            max_window_layers=1,
+        )
+        return config, "Qwen2ForCausalLM"
+    if architecture == "mistral":
+        config = transformers.MistralConfig(
+            **rotary, num_hidden_layers=3, head_dim=16, sliding_window=TINY_WINDOW
+        )
+        return config, "MistralForCausalLM"
+    if architecture == "gemma3":
+        config = transformers.Gemma3TextConfig(
+            **rotary,
+            num_hidden_layers=3,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=TINY_WINDOW,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        )
+        return config, "Gemma3ForCausalLM"
+    raise ModelNotAvailableError(
+        f"unknown tiny architecture {architecture!r}: expected one of {', '.join(TINY_ARCHITECTURES)}"
     )
+
+
+def _build_tiny_model(architecture: str, out: Path) -> None:
+    """A small random model of ``architecture`` with the character tokenizer, seeded."""
+    import transformers
+
+    vocab, tokenizer = _tiny_tokenizer()
+    config, class_name = _tiny_config(architecture, vocab)
+    config.architectures = [class_name]
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
+    getattr(transformers, class_name)(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
-def tiny_model_dir() -> Path:
-    """The tiny random test model's folder (built once, deterministically, without network)."""
-    return publish_dir(_build_tiny_model, cache_root() / "tiny-random-llama-v1")
+def tiny_model_dir(architecture: str = "llama") -> Path:
+    """The folder of a tiny random test model (built once, deterministically, without network)."""
+    if architecture not in TINY_ARCHITECTURES:
+        raise ModelNotAvailableError(
+            f"unknown tiny architecture {architecture!r}: expected one of {', '.join(TINY_ARCHITECTURES)}"
+        )
+    folder = "tiny-random-llama-v1" if architecture == "llama" else f"tiny-random-{architecture}-v1"
+    return publish_dir(lambda tmp: _build_tiny_model(architecture, tmp), cache_root() / folder)
 
 
 DeviceMap = str | dict[str, str | int]
 
 
 def _boot_folder(
-    label: str, folder: Path, device: str | None, dtype: torch.dtype, device_map: DeviceMap | None
+    label: str,
+    folder: Path,
+    device: str | None,
+    dtype: torch.dtype,
+    device_map: DeviceMap | None,
+    tokenizer_class: str = "AutoTokenizer",
 ) -> TransformerBridge:
+    import transformers
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer_class == "AutoTokenizer":
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    else:
+        # With add_bos_token set, the bridge keeps this tokenizer instead of reloading it through AutoTokenizer.
+        tokenizer = getattr(transformers, tokenizer_class).from_pretrained(folder, add_bos_token=True)
     # With a device_map, accelerate places the layers while loading and the bridge keeps that placement.
     placement = {"device_map": device_map} if device_map is not None else {}
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **placement).eval()
@@ -197,7 +278,8 @@ def load_model(
     """Load ``name`` as a TransformerLens bridge.
 
     ``name`` is one of ``"smollm2-135m-instruct"`` (offline, embedded), ``"gemma-3-270m"`` (offline, optional
-    package), ``"tiny-random-llama"`` (tests), a local HF model folder, or a Hugging Face Hub id (online only).
+    package), ``"tiny-random-{llama,gpt2,gpt-neox,qwen2,mistral,gemma3}"`` (tests; the last three with
+    sliding-window layers of 8 positions), a local HF model folder, or a Hugging Face Hub id (online only).
     ``device`` puts the whole model on one device; ``device_map`` (e.g. ``"auto"``, or a dict of module name
     to device, as in transformers) lets accelerate spread its layers over several GPUs instead. ``dtype`` is a
     torch dtype or its name (``"bfloat16"``); steering and probes follow each layer's device and dtype.
@@ -209,8 +291,10 @@ def load_model(
         return _boot_folder(SMOLLM2_HUB_ID, converted_gguf_dir(name), device, dtype, device_map)
     if name == "gemma-3-270m":
         return _boot_folder(GEMMA_HUB_ID, converted_gguf_dir(name), device, dtype, device_map)
-    if name == TINY_MODEL:
-        return _boot_folder(TINY_MODEL, tiny_model_dir(), device, dtype, device_map)
+    if name.startswith("tiny-random-") and name.removeprefix("tiny-random-") in TINY_ARCHITECTURES:
+        # AutoTokenizer would swap in the architecture's own tokenizer class (Qwen2's drops spaces).
+        folder = tiny_model_dir(name.removeprefix("tiny-random-"))
+        return _boot_folder(name, folder, device, dtype, device_map, "PreTrainedTokenizerFast")
     folder = Path(name).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -225,7 +309,7 @@ def load_model(
         bridge = TransformerBridge.boot_transformers(name, dtype=dtype, **placement)
         bridge.eval()
         return bridge
-    known = ", ".join([*EMBEDDED_MODELS, TINY_MODEL])
+    known = ", ".join([*EMBEDDED_MODELS, *(f"tiny-random-{a}" for a in TINY_ARCHITECTURES)])
     raise ModelNotAvailableError(
         f"unknown model {name!r}: expected one of {known}, a local HF model folder, or a Hub id 'org/name'"
     )

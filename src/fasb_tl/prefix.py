@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fasb_tl.attention import cached_forward
 from fasb_tl.models import encode
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def build_prefix_cache(model: TransformerBridge, text: str) -> PrefixCache:
     """Run ``text`` (under the BOS convention) once and keep its KV cache."""
     tokens = encode(model, text)
     with torch.no_grad():
-        _, cache = model(
-            torch.tensor([tokens], device=model.cfg.device), return_type="logits_and_cache", logits_to_keep=1
+        _, cache = cached_forward(
+            model, torch.tensor([tokens]), torch.ones(1, len(tokens), dtype=torch.long), None
         )
     return PrefixCache(tokens=tokens, cache=cache)

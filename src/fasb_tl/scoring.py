@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fasb_tl.activations import pad_batch
+from fasb_tl.attention import cached_forward
 from fasb_tl.models import check_context, encode
 from fasb_tl.prefix import PrefixCache
 from fasb_tl.steering import HookState, Steerer
@@ -207,12 +208,8 @@ def _teacher_forced(
                 ids, mask, _ = pad_batch([c[shared:] for c in contexts], pad, "left")
                 context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), mask], dim=1)
                 state.scale, state.capture = None, False
-                _, cache = model(
-                    ids.to(device),
-                    attention_mask=context_mask.to(device),
-                    past_key_values=prefix.expand(len(batch), shared) if shared else None,
-                    return_type="logits_and_cache",
-                    logits_to_keep=1,
+                _, cache = cached_forward(
+                    model, ids, context_mask, prefix.expand(len(batch), shared) if shared else None
                 )
             members = [(g, i) for g, (_, indices) in enumerate(batch) for i in indices]
             chunks = [members[first : first + batch_size] for first in range(0, len(members), batch_size)]
@@ -230,15 +227,16 @@ def _teacher_forced(
                 state.captured.clear()
                 # Columns from the first scored position on: the answer plus the last context token.
                 keep = max(len(items[i][0]) - items[i][1] + 1 for _, i in chunk)
-                logits = model(
-                    ids.to(device),
-                    attention_mask=torch.cat([context_mask[owners], mask], dim=1).to(device),
-                    past_key_values=(
-                        _select_rows(cache, owners.to(device), number < len(chunks) - 1)
-                        if cache is not None
-                        else None
-                    ),
-                    return_type="logits",
+                chunk_cache = (
+                    _select_rows(cache, owners.to(device), number < len(chunks) - 1)
+                    if cache is not None
+                    else None
+                )
+                logits, _ = cached_forward(
+                    model,
+                    ids,
+                    torch.cat([context_mask[owners], mask], dim=1),
+                    chunk_cache,
                     logits_to_keep=keep,
                 )
                 log_probs = torch.log_softmax(logits.float().cpu(), dim=-1)
