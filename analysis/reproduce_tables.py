@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fasb_tl import __version__
+from fasb_tl._io import atomic_write_text
+from fasb_tl._version import __version__
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig
 from fasb_tl.evaluation.multichoice_data import TASKS
-from fasb_tl.evaluation.results import ResultStore, atomic_write_text
+from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.runner import EvalPlan, run_plan
 from fasb_tl.evaluation.tables import (
     METHOD_ORDER,

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fasb_tl import __version__
+from fasb_tl._io import atomic_write_text
+from fasb_tl._version import __version__
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.calibration import (
@@ -42,7 +43,7 @@ from fasb_tl.data import (
 from fasb_tl.data.prompts import tuning_bank
 from fasb_tl.distributed import Shard, current_shard, sharded_map
 from fasb_tl.evaluation.judges import Judge, accept
-from fasb_tl.evaluation.results import ResultStore, atomic_write_text, row_key
+from fasb_tl.evaluation.results import ResultStore, row_key
 from fasb_tl.evaluation.sharding import (
     ShardedRows,
     load_or_compute,
