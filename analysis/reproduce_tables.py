@@ -38,7 +38,8 @@ from fasb_tl.evaluation.tables import (
     uncertainty_table,
 )
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
-from fasb_tl.evaluation.variants import CONTROLLED_METHODS, GATED_METHODS, row_variant
+from fasb_tl.evaluation.variants import row_variant
+from fasb_tl.methods import CONTROLLED_METHODS, GATED_METHODS, MONITORING_METHODS
 from fasb_tl.models import load_model
 
 METHODS = METHOD_ORDER
@@ -129,7 +130,7 @@ def missing_rows(rows: list[dict]) -> list[str]:
     expected = []
     for task in ["truthfulqa-mc", *TASKS]:
         for method in METHODS:
-            monitored = method in ("no_backtrack", "fixed", "fasb")
+            monitored = method in MONITORING_METHODS
             expected += (
                 [(task, f"{method}/{p}") for p in ("paper", "question")] if monitored else [(task, method)]
             )

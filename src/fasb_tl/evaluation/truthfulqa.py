@@ -52,6 +52,7 @@ from fasb_tl.evaluation.sharding import (
 )
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.generation import GenerationConfig, GenerationResult, generate
+from fasb_tl.methods import ALL_METHODS
 from fasb_tl.models import model_name
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
 from fasb_tl.scoring import ScoringConfig, named_configs
@@ -66,7 +67,7 @@ from fasb_tl.text_baseline import TextOnlyDetector, answer_texts, detection_metr
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-GENERATION_METHODS = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
+GENERATION_METHODS = ALL_METHODS
 MC_METHODS = GENERATION_METHODS
 # Detectors of a true vs a false answer compared per fold: FASB's own score and one that never sees the model.
 DETECTORS = ("probes", "text_only")
