@@ -20,6 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # facade, fasb_tl/__init__.py, sits above every layer: it may import anything, and nothing may import it.
 LAYERS: list[set[str]] = [
     {"_version", "_io"},
+    {"methods"},
     {"data"},
     {"models"},
     {"distributed"},
