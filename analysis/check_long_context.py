@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from fasb_tl._io import atomic_write_text
 from fasb_tl.data import dataset_splits, generation_prefix, load_builtin
-from fasb_tl.evaluation.results import atomic_write_text
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import encode, load_model
 from fasb_tl.steering import fit_steerer

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fasb_tl import __version__
+from fasb_tl._io import atomic_write_text
+from fasb_tl._version import __version__
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig
 from fasb_tl.evaluation.multichoice_data import TASKS
-from fasb_tl.evaluation.results import ResultStore, atomic_write_text
+from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.runner import EvalPlan, run_plan
 from fasb_tl.evaluation.tables import (
     METHOD_ORDER,
@@ -37,7 +38,8 @@ from fasb_tl.evaluation.tables import (
     uncertainty_table,
 )
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
-from fasb_tl.evaluation.variants import CONTROLLED_METHODS, GATED_METHODS, row_variant
+from fasb_tl.evaluation.variants import row_variant
+from fasb_tl.methods import CONTROLLED_METHODS, GATED_METHODS, MONITORING_METHODS
 from fasb_tl.models import load_model
 
 METHODS = METHOD_ORDER
@@ -128,7 +130,7 @@ def missing_rows(rows: list[dict]) -> list[str]:
     expected = []
     for task in ["truthfulqa-mc", *TASKS]:
         for method in METHODS:
-            monitored = method in ("no_backtrack", "fixed", "fasb")
+            monitored = method in MONITORING_METHODS
             expected += (
                 [(task, f"{method}/{p}") for p in ("paper", "question")] if monitored else [(task, method)]
             )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from fasb_tl.generation import MONITORING_METHODS, GenerationConfig, GenerationResult
+from fasb_tl.generation import GenerationConfig, GenerationResult
+from fasb_tl.methods import MONITORING_METHODS
 from fasb_tl.steering import HookState, Steerer
 
 

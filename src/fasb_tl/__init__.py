@@ -1,12 +1,6 @@
 """fasb_tl: FASB (Flexible Activation Steering with Backtracking) on TransformerLens."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("fasb-tl")
-except PackageNotFoundError:
-    __version__ = "0+unknown"
-
+from fasb_tl._version import __version__
 from fasb_tl.activations import collect_head_activations, collect_span_activations
 from fasb_tl.models import encode, load_model
 from fasb_tl.probes import HeadProbes

@@ -21,9 +21,9 @@ import torch
 from jaxtyping import Float
 from typing_extensions import Self
 
+from fasb_tl._io import atomic_write_text
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.data import QARecord, Split, dataset_splits, generation_prompt, load_builtin, probe_bank
-from fasb_tl.evaluation.results import atomic_write_text
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.probes import HeadProbes
 from fasb_tl.steering import Steerer, fit_steerer

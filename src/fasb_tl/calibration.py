@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from fasb_tl._io import atomic_write_text
 from fasb_tl.activations import collect_span_activations
 from fasb_tl.data.prompts import generation_prompt
 from fasb_tl.data.records import DatasetError, QARecord
 from fasb_tl.distributed import Shard
-from fasb_tl.evaluation.results import atomic_write_text
 from fasb_tl.scoring import answer_tokens
 
 if TYPE_CHECKING:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fasb_tl.data import DATASETS
 from fasb_tl.data.prompts import PROBE_FORMATS
+from fasb_tl.methods import ALL_METHODS
 
 DATA_DIR_HELP = (
     "folder with one subfolder per dataset (default: $FASB_TL_DATA, else the repository's data/, else the "
@@ -226,7 +227,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
         default="truthfulqa",
         help="truthfulqa, copa, storycloze, nli, mmlu, sst2, winogrande, xnli_en, a comma list, or all",
     )
-    parser.add_argument("--methods", default="none,iti,caa,question,no_backtrack,fixed,fasb")
+    parser.add_argument(
+        "--methods", default=",".join(ALL_METHODS), help=f"a comma list of {', '.join(ALL_METHODS)}"
+    )
     parser.add_argument(
         "--caa-layer", type=int, default=None, help="CAA residual layer (default: the middle)"
     )

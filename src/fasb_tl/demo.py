@@ -7,13 +7,13 @@ answers side by side for held-out questions, then the multiple-choice accuracy o
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from fasb_tl._io import atomic_write_text
 from fasb_tl.data import dataset_splits, extract_answer, generation_prefix, generation_prompt, load_builtin
 from fasb_tl.data.records import QARecord
 from fasb_tl.generation import GenerationConfig, GenerationResult, generate_many
@@ -178,7 +178,7 @@ def run_demo(config: DemoConfig | None = None) -> Path:
         "seconds": clock.total(),
         "stage_seconds": clock.stages,
     }
-    _write_json(out / "demo.json", report)
+    atomic_write_text(out / "demo.json", json.dumps(report, indent=2) + "\n")
     print(
         f"\nOutputs in {out.resolve()}: steerer/ (Steerer), {heatmap.name} (head heatmap), demo.json (answers, MC)"
     )
@@ -201,9 +201,3 @@ class _StageClock:
 
     def total(self) -> float:
         return time.perf_counter() - self.start
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from fasb_tl.evaluation.results import atomic_write_text
+from fasb_tl._io import atomic_write_text
 
 # Rank 0 alone judges answers and writes results while the others wait in a collective; the backends'
 # defaults (10 min for nccl, 30 for gloo) are too short for a 7B judge model on a few hundred answers.

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from fasb_tl.activations import Prompt, pad_batch, tokenize_prompts
 from fasb_tl.attention import cached_forward
+from fasb_tl.methods import DECODE_METHODS, SPECS, MethodSpec, Trigger, decide, generation_checks
 from fasb_tl.models import check_context
 from fasb_tl.prefix import PrefixCache
 from fasb_tl.steering import HookState, Steerer
@@ -39,8 +40,7 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 Method = Literal["none", "iti", "question", "no_backtrack", "fixed", "fasb"]
-METHODS: tuple[str, ...] = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
-MONITORING_METHODS = ("no_backtrack", "fixed", "fasb")
+METHODS = DECODE_METHODS
 History = Literal["reference", "persistent"]
 
 
@@ -91,9 +91,8 @@ class GenerationConfig:
             raise GenerationConfigError(f"temperature must be > 0 when sampling, got {self.temperature}")
 
     @property
-    def adaptive(self) -> bool:
-        """Whether the strength is ``1 - p_true`` (FASB, question gate) rather than 1."""
-        return self.method in ("fasb", "no_backtrack", "question")
+    def spec(self) -> MethodSpec:
+        return SPECS[self.method]
 
 
 @dataclass
@@ -248,7 +247,7 @@ class _Decoder:
         for i, (prompt, cfg) in enumerate(jobs):
             generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
             rows.append(_Row(index=first_index + i, prompt=prompt, live=[], config=cfg, generator=generator))
-        state = HookState(capture=any(row.config.method in (*MONITORING_METHODS, "question") for row in rows))
+        state = HookState(capture=any(row.config.spec.gated for row in rows))
         batch = _Batch(self.model, rows, state)
         finished: list[_Row] = []
         steering = self.steerer is not None and any(row.config.method != "none" for row in rows)
@@ -273,15 +272,16 @@ class _Decoder:
     def _start(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
         """Decide what the row does after its prompt: plain, monitored, or steered from the first token."""
         cfg = row.config
-        if cfg.method == "iti":
+        if cfg.spec.gate == "always":
             self._restart(batch, row, kept=0, strength=1.0)
             return
-        if cfg.method == "question":
+        if cfg.spec.gate == "question":
             row.result.p_true_trace.append(p_true)
-            if p_true < cfg.threshold:
-                self._trigger(batch, row, p_true, kept=0)
+            trigger = decide(cfg.spec, p_true, 0, cfg.back_steps, cfg.threshold)
+            if trigger is not None:
+                self._trigger(batch, row, trigger)
                 return
-        row.mode = "monitor" if cfg.method in MONITORING_METHODS else "plain"
+        row.mode = "monitor" if cfg.spec.monitors else "plain"
         self._advance(batch, row, logits, p_true)
 
     def _advance(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
@@ -293,13 +293,11 @@ class _Decoder:
         at_end = (cfg.stop_at_eos and token == self.eos) or n >= cfg.max_new_tokens
         if row.mode == "monitor":
             row.result.p_true_trace.append(p_true)
-            # The released code checks once `back_steps` tokens exist, and always at EOS / the budget.
-            if (n >= cfg.back_steps or at_end) and p_true < cfg.threshold:
-                kept = n if cfg.method == "no_backtrack" else max(n - cfg.back_steps, 0)
-                if not (cfg.method == "no_backtrack" and at_end):
-                    self._trigger(batch, row, p_true, kept)
+            if generation_checks(n, cfg.back_steps, at_end):
+                trigger = decide(cfg.spec, p_true, n, cfg.back_steps, cfg.threshold)
+                if trigger is not None:
+                    self._trigger(batch, row, trigger)
                     return
-                self._record_trigger(row, p_true, kept)
         if at_end:
             row.done = True
             return
@@ -313,19 +311,14 @@ class _Decoder:
             row.feed = [(token, row.scale if steered else 0.0)]
         row.last_fed_steered = steered
 
-    def _record_trigger(self, row: _Row, p_true: float, kept: int) -> float:
-        strength = 1.0 - p_true if row.config.adaptive else 1.0
+    def _trigger(self, batch: _Batch, row: _Row, trigger: Trigger) -> None:
         result = row.result
         result.triggered = True
         result.trigger_step = len(row.generated)
-        result.p_true_at_trigger = p_true
-        result.strength = strength
-        result.removed_token_ids = row.generated[kept:]
-        return strength
-
-    def _trigger(self, batch: _Batch, row: _Row, p_true: float, kept: int) -> None:
-        strength = self._record_trigger(row, p_true, kept)
-        self._restart(batch, row, kept, strength)
+        result.p_true_at_trigger = trigger.p_true
+        result.strength = trigger.strength
+        result.removed_token_ids = row.generated[trigger.kept :]
+        self._restart(batch, row, trigger.kept, trigger.strength)
 
     def _restart(self, batch: _Batch, row: _Row, kept: int, strength: float) -> None:
         """Keep ``kept`` generated tokens and recompute the last kept position with steering."""
@@ -334,8 +327,9 @@ class _Decoder:
         row.generated = row.generated[:kept]
         ends_in_eos = kept > 0 and row.config.stop_at_eos and row.generated[-1] == self.eos
         if kept >= row.config.max_new_tokens or ends_in_eos:
-            # A trigger that removes nothing (back_steps 0) at the budget leaves no token to steer, and at EOS
-            # it keeps a finished answer: the answer ends there (the released code generates past the EOS).
+            # A trigger that removes nothing (no_backtrack, or back_steps 0) at the budget leaves no token to
+            # steer, and at EOS it keeps a finished answer: the answer ends there (the released code generates
+            # past a kept EOS).
             row.done = True
             return
         row.result.steered_from = kept

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from fasb_tl._io import publish_dir
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -43,28 +43,6 @@ def cache_root() -> Path:
         return Path(override).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "fasb_tl"
-
-
-def publish_dir(build, target: Path) -> Path:
-    """Build a folder with ``build(tmp_dir)`` and rename it to ``target`` atomically.
-
-    A crash or Ctrl-C leaves only a temporary folder, never a half-written ``target``; when two processes
-    race, the loser discards its copy and uses the winner's.
-    """
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def smollm2_gguf_path() -> Path:

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from fasb_tl._io import atomic_write
+
 if TYPE_CHECKING:
     import pandas as pd
     from transformers import PreTrainedTokenizerBase
@@ -231,8 +233,5 @@ def render_backtrack(
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save ``fig`` atomically (temp file, then rename) and return the path."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, target)
-    return target
+    # The temporary name ends in .tmp, so the format comes from the target's suffix.
+    return atomic_write(target, lambda tmp: fig.savefig(tmp, dpi=dpi, format=target.suffix[1:] or None))

@@ -35,6 +35,15 @@ from tqdm.auto import tqdm
 
 from fasb_tl.activations import pad_batch
 from fasb_tl.attention import cached_forward
+from fasb_tl.methods import (
+    DECODE_METHODS,
+    MONITORING_METHODS,
+    SPECS,
+    MethodSpec,
+    decide,
+    first_trigger,
+    scoring_checks,
+)
 from fasb_tl.models import check_context, encode
 from fasb_tl.prefix import PrefixCache
 from fasb_tl.steering import HookState, Steerer
@@ -43,9 +52,10 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 ScoringMethod = Literal["none", "iti", "question", "no_backtrack", "fixed", "fasb"]
-SCORING_METHODS = ("none", "iti", "question", "no_backtrack", "fixed", "fasb")
+SCORING_METHODS = DECODE_METHODS
 Protocol = Literal["paper", "question"]
-PROTOCOL_METHODS = ("no_backtrack", "fixed", "fasb")
+# The monitored methods can decide per candidate (paper) or per question; the others have one way.
+PROTOCOL_METHODS = MONITORING_METHODS
 
 
 class ScoringConfigError(ValueError):
@@ -74,6 +84,10 @@ class ScoringConfig:
             raise ScoringConfigError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.back_steps < 0:
             raise ScoringConfigError(f"back_steps must be >= 0, got {self.back_steps}")
+
+    @property
+    def spec(self) -> MethodSpec:
+        return SPECS[self.method]
 
     @property
     def effective_protocol(self) -> Protocol:
@@ -261,34 +275,34 @@ def _paper_decision(
 ) -> tuple[int, float] | None:
     """The released code's scan over answer positions; returns (first steered position, strength) or None.
 
-    ``p_true[j]`` is the value at position ``start - 1 + j``; answer positions are ``start .. length - 1``.
+    ``p_true[j]`` is the value at position ``start - 1 + j``; answer positions are ``start .. length - 1``, so
+    the value checked at the answer's ``n``-th token is ``p_true[n]``. Steering starts at the last kept position
+    (the last context token when nothing is kept).
     """
-    skipped = 0
-    for position in range(start, length):
-        if skipped < config.back_steps and position != length - 1:
-            skipped += 1
-            continue
-        value = float(p_true[position - start + 1])
-        if value < config.threshold:
-            strength = 1.0 - value if config.method == "fasb" else 1.0
-            if config.method == "no_backtrack":
-                return position, 1.0 - value
-            return max(position - config.back_steps, start - 1), strength
-    return None
+    found = first_trigger(
+        config.spec,
+        p_true[1 : length - start + 1].tolist(),
+        config.back_steps,
+        config.threshold,
+        scoring_checks,
+    )
+    if found is None:
+        return None
+    _, trigger = found
+    return start - 1 + trigger.kept, trigger.strength
 
 
 def _decisions(config: ScoringConfig, items: list[tuple[list[int], int]], base: _Pass) -> list:
     """Per pair: ``(first steered position, strength)`` or ``None``, as ``config``'s protocol decides."""
-    if config.method == "none":
+    if config.spec.gate == "never":
         return [None] * len(items)
-    if config.method == "iti":
+    if config.spec.gate == "always":
         return [(start - 1, 1.0) for _, start in items]
     if config.effective_protocol == "question":
         decisions = []
         for i, (_, start) in enumerate(items):
-            gate = float(base.p_true[i][0])
-            strength = 1.0 if config.method == "fixed" else 1.0 - gate
-            decisions.append((start - 1, strength) if gate < config.threshold else None)
+            trigger = decide(config.spec, float(base.p_true[i][0]), 0, config.back_steps, config.threshold)
+            decisions.append(None if trigger is None else (start - 1 + trigger.kept, trigger.strength))
         return decisions
     return [
         _paper_decision(base.p_true[i], start, len(full), config) for i, (full, start) in enumerate(items)

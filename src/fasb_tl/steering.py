@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fasb_tl._io import replace_dir
+from fasb_tl._version import __version__
 from fasb_tl.activations import collect_head_activations_at, hook_z_name, tokenize_prompts
 from fasb_tl.data.prompts import ProbeFormat, probe_bank, tuning_bank
 from fasb_tl.data.records import QARecord
@@ -49,8 +49,6 @@ class ModelMismatchError(ValueError):
 
 
 def _library_version() -> str:
-    from fasb_tl import __version__
-
     return __version__
 
 
@@ -186,22 +184,12 @@ class Steerer:
         target = Path(directory)
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            save_file({k: v.contiguous() for k, v in self.tensors().items()}, str(tmp / TENSOR_FILE))
-            (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2) + "\n", encoding="utf-8")
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+
+        def build(folder: Path) -> None:
+            save_file({k: v.contiguous() for k, v in self.tensors().items()}, str(folder / TENSOR_FILE))
+            (folder / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2) + "\n", encoding="utf-8")
+
+        return replace_dir(build, target)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: TransformerBridge | None = None) -> Steerer:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fasb_tl import __version__
+from fasb_tl._version import __version__
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.distributed import Shard, current_shard

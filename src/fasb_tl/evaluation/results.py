@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from fasb_tl._io import atomic_write_text
+
 RESULTS_FILE = "results.jsonl"
 
 
@@ -22,17 +24,6 @@ def row_key(**fields: Any) -> str:
     """A stable key for a unit of work from its identifying fields (order-independent)."""
     payload = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class ResultStore:

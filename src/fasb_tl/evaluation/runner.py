@@ -16,6 +16,7 @@ from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluat
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAEvaluation
 from fasb_tl.evaluation.variants import Variant, plan_variants
+from fasb_tl.methods import check_methods
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -47,6 +48,7 @@ class EvalPlan:
         unknown = [t for t in self.tasks if t not in known]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}: expected some of {known} or 'all'")
+        check_methods(self.methods)
         plan_variants(self.controls, self.n_random, self.thresholds)  # bad values fail now, not hours later
 
     @property

@@ -12,8 +12,9 @@ import pandas as pd
 from fasb_tl.evaluation.multichoice_data import TASKS
 from fasb_tl.evaluation.stats import bootstrap_ci, paired_test
 from fasb_tl.evaluation.variants import row_variant
+from fasb_tl.methods import ALL_METHODS
 
-METHOD_ORDER = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
+METHOD_ORDER = ALL_METHODS
 
 
 def _fold_mean(rows: list[dict], task: str, metric: str, variant: str = "") -> dict[str, float]:

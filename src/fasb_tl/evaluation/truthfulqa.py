@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fasb_tl import __version__
+from fasb_tl._io import atomic_write_text
+from fasb_tl._version import __version__
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.calibration import (
@@ -42,7 +43,7 @@ from fasb_tl.data import (
 from fasb_tl.data.prompts import tuning_bank
 from fasb_tl.distributed import Shard, current_shard, sharded_map
 from fasb_tl.evaluation.judges import Judge, accept
-from fasb_tl.evaluation.results import ResultStore, atomic_write_text, row_key
+from fasb_tl.evaluation.results import ResultStore, row_key
 from fasb_tl.evaluation.sharding import (
     ShardedRows,
     load_or_compute,
@@ -51,6 +52,7 @@ from fasb_tl.evaluation.sharding import (
 )
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.generation import GenerationConfig, GenerationResult, generate
+from fasb_tl.methods import ALL_METHODS
 from fasb_tl.models import model_name
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
 from fasb_tl.scoring import ScoringConfig, named_configs
@@ -65,7 +67,7 @@ from fasb_tl.text_baseline import TextOnlyDetector, answer_texts, detection_metr
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-GENERATION_METHODS = ("none", "iti", "caa", "question", "no_backtrack", "fixed", "fasb")
+GENERATION_METHODS = ALL_METHODS
 MC_METHODS = GENERATION_METHODS
 # Detectors of a true vs a false answer compared per fold: FASB's own score and one that never sees the model.
 DETECTORS = ("probes", "text_only")

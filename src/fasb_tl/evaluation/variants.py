@@ -12,13 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fasb_tl.methods import CONTROLLED_METHODS, GATED_METHODS
 from fasb_tl.steering import CONTROLS
 
 THRESHOLD_MODES = ("fixed", "calibrated")
-# Methods whose steering direction a control replaces (CAA has its own vector; none steers nothing).
-CONTROLLED_METHODS = ("iti", "question", "no_backtrack", "fixed", "fasb")
-# Methods with a threshold to calibrate.
-GATED_METHODS = ("question", "no_backtrack", "fixed", "fasb")
 
 
 @dataclass(frozen=True)
