@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, TypeVar
 from fasb_tl.distributed import Shard, sharded_map
 from fasb_tl.evaluation.results import ResultStore, row_key
 from fasb_tl.scoring import ChoiceScores, ScoringConfig, score_choices_many
-from fasb_tl.steering import Steerer, SteererFormatError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
     from fasb_tl.prefix import PrefixCache
+    from fasb_tl.steering import Steerer
 
 
 T = TypeVar("T")
@@ -33,14 +33,6 @@ def load_or_compute(
             save(value)
         shard.barrier()
     return value
-
-
-def load_steerer_if_valid(folder: Path, model: TransformerBridge) -> Steerer | None:
-    """The Steerer saved in ``folder`` for ``model``, or None when there is none (or it is unreadable)."""
-    try:
-        return Steerer.load(folder, model=model)
-    except SteererFormatError:
-        return None
 
 
 class ShardedRows:
@@ -69,21 +61,21 @@ class ShardedRows:
 
 
 def sharded_score_choices(
-    rows: ShardedRows,
-    keys: Sequence[str],
     model: TransformerBridge,
     contexts: Sequence[str],
     options: Sequence[Sequence[str]],
     steerer: Steerer | None,
     configs: Mapping[str, ScoringConfig],
     *,
+    shard: Shard,
+    store: Path,
     interventions: Mapping[str, Steerer] | None = None,
     prefix: PrefixCache | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, list[ChoiceScores]]:
     """:func:`~fasb_tl.scoring.score_choices_many` with the items split over the ranks (``batch_size`` items
-    per batch), every rank receiving every result; ``keys`` name the rows the scores are for."""
+    per batch), every rank receiving every result; the ranks keep their finished batches in ``store``."""
 
     def score(indices: list[int]) -> list[dict[str, ChoiceScores]]:
         scored = score_choices_many(
@@ -100,11 +92,11 @@ def sharded_score_choices(
         return [{tag: scored[tag][j] for tag in configs} for j in range(len(indices))]
 
     per_item = sharded_map(
-        rows.shard,
+        shard,
         list(range(len(contexts))),
         batch_size,
         score,
-        store=rows.shard_folder(keys),
+        store=store,
         encode=lambda item: {tag: scores.to_dict() for tag, scores in item.items()},
         decode=lambda item: {tag: ChoiceScores.from_dict(value) for tag, value in item.items()},
     )
