@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from fasb_tl.distributed import sharded_map
 from fasb_tl.evaluation.rows import RowSpec, run_rows
-from fasb_tl.evaluation.sharding import sharded_score_choices
 from fasb_tl.evaluation.variants import PLAIN, Variant
-from fasb_tl.scoring import ChoiceScores, ScoringConfig, named_configs
+from fasb_tl.scoring import ChoiceScores, ScoringConfig, named_configs, score_choices_many
 from fasb_tl.steering import control_steerer
 
 if TYPE_CHECKING:
@@ -81,19 +81,33 @@ def run_choice_rows(
                 configs[spec.tag] = replace(spec.config, threshold=threshold())
             if spec.variant.control is not None:
                 interventions[spec.tag] = control_steerer(acting, spec.variant.control, spec.variant.seed)
-        scored = sharded_score_choices(
-            ctx.model,
-            asked.contexts,
-            asked.options,
-            acting,
-            configs,
-            shard=ctx.shard,
+        prefix_cache = prefix() if prefix is not None else None
+
+        def score(indices: list[int]) -> list[dict[str, ChoiceScores]]:
+            scored = score_choices_many(
+                ctx.model,
+                [asked.contexts[i] for i in indices],
+                [asked.options[i] for i in indices],
+                acting,
+                configs,
+                prefix=prefix_cache,
+                interventions=interventions,
+                batch_size=batch_size,
+                progress=ctx.progress,
+            )
+            return [{tag: scored[tag][j] for tag in configs} for j in range(len(indices))]
+
+        # The questions are split over the ranks in batches; every rank receives every question's scores.
+        per_question = sharded_map(
+            ctx.shard,
+            list(range(len(asked.contexts))),
+            batch_size,
+            score,
             store=folder,
-            interventions=interventions,
-            prefix=prefix() if prefix is not None else None,
-            batch_size=batch_size,
-            progress=ctx.progress,
+            encode=lambda item: {tag: scores.to_dict() for tag, scores in item.items()},
+            decode=lambda item: {tag: ChoiceScores.from_dict(value) for tag, value in item.items()},
         )
+        scored = {tag: [item[tag] for item in per_question] for tag in configs}
         return lambda spec: asked.fields(spec, scored[spec.tag])
 
     run_rows(ctx, specs, compute)

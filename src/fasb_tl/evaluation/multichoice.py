@@ -105,21 +105,18 @@ def run_multichoice(
         identity, methods, protocols, [v for v in variants if not v.calibrated], config, caa
     )
     name = f"{task}-{config.direction}-k{config.k}-pool{config.n_pool}"
-    questions = lambda: _accuracy_questions(ctx, task, config)
-    run_choice_rows(
-        ctx,
-        steered,
-        questions=questions,
-        steerer=lambda: artifacts.steerer(name, fit),
-        batch_size=config.batch_size,
-    )
-    run_choice_rows(
-        ctx,
-        caa_rows,
-        questions=questions,
-        steerer=lambda: artifacts.caa(task, fit_caa_vector),
-        batch_size=config.batch_size,
-    )
+    groups = [
+        (steered, lambda: artifacts.steerer(name, fit)),
+        (caa_rows, lambda: artifacts.caa(task, fit_caa_vector)),
+    ]
+    for specs, steerer in groups:
+        run_choice_rows(
+            ctx,
+            specs,
+            questions=lambda: _accuracy_questions(ctx, task, config),
+            steerer=steerer,
+            batch_size=config.batch_size,
+        )
 
 
 def _accuracy_questions(ctx: EvalContext, task: str, config: MultiChoiceConfig) -> ChoiceQuestions:
