@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from fasb_tl.caa import ResidualSteerer
     from fasb_tl.data import ProbeBank
-    from fasb_tl.evaluation.context import EvalContext
+    from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 
 T = TypeVar("T")
 
@@ -82,21 +82,11 @@ class ArtifactCache:
         return self._get(("caa", name), fit)
 
 
-class FitSettings(Protocol):
-    """The settings of a task config that fitting reads (both task configs have them)."""
-
-    k: int
-    direction: str
-    backend: str
-    seed: int
-    batch_size: int
-
-
 def fit_on_bank(
     ctx: EvalContext,
     bank: ProbeBank,
     is_val: torch.Tensor,
-    settings: FitSettings,
+    settings: SteeringSettings,
     *,
     dataset: str,
     tuning: torch.Tensor | None = None,

@@ -15,13 +15,13 @@ from fasb_tl.distributed import sharded_map
 from fasb_tl.evaluation.rows import RowSpec, run_rows
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.scoring import ChoiceScores, ScoringConfig, named_configs, score_choices_many
-from fasb_tl.steering import control_steerer
+from fasb_tl.steering import Steerer, control_steerer
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from fasb_tl.caa import CAAConfig
-    from fasb_tl.evaluation.context import EvalContext
+    from fasb_tl.caa import CAAConfig, ResidualSteerer
+    from fasb_tl.evaluation.context import EvalContext, SteeringSettings
     from fasb_tl.prefix import PrefixCache
 
 
@@ -39,7 +39,7 @@ def choice_specs(
     methods: Sequence[str],
     protocols: Sequence[str],
     variants: Sequence[Variant],
-    config,
+    config: SteeringSettings,
     caa: CAAConfig,
 ) -> tuple[list[RowSpec], list[RowSpec]]:
     """The rows of ``methods`` under each variant that applies (monitored methods once per protocol, with the
@@ -63,7 +63,7 @@ def run_choice_rows(
     specs: Sequence[RowSpec],
     *,
     questions: Callable[[], ChoiceQuestions],
-    steerer: Callable[[], object],
+    steerer: Callable[[], Steerer | ResidualSteerer],
     threshold: Callable[[], float] | None = None,
     prefix: Callable[[], PrefixCache] | None = None,
     batch_size: int,
@@ -78,6 +78,10 @@ def run_choice_rows(
         for spec in todo:
             configs[spec.tag] = spec.config
             if spec.variant.calibrated:
+                if threshold is None:
+                    raise ValueError(
+                        f"row {spec.tag} has a calibrated threshold but no calibration was given"
+                    )
                 configs[spec.tag] = replace(spec.config, threshold=threshold())
             if spec.variant.control is not None:
                 interventions[spec.tag] = control_steerer(acting, spec.variant.control, spec.variant.seed)

@@ -15,6 +15,22 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class SteeringSettings:
+    """The settings both task configs share: how a Steerer is fitted (val fraction, seed, K, direction, probe
+    backend, extraction batch size) and how it steers (alpha, threshold, back_steps)."""
+
+    val_fraction: float = 0.2
+    seed: int = 42
+    k: int = 24
+    direction: str = "mass_mean"
+    backend: str = "torch"
+    alpha: float = 15.0
+    threshold: float = 0.6
+    back_steps: int = 10
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
 class EvalContext:
     """Built once by :func:`~fasb_tl.evaluation.runner.run_plan` (or :meth:`create`) and passed to every job."""
 

@@ -20,7 +20,7 @@ from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.data import ProbeBank
 from fasb_tl.evaluation.artifacts import ArtifactCache, fit_on_bank
 from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice_rows
-from fasb_tl.evaluation.context import EvalContext
+from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.multichoice_data import ChoiceRecord, load_task, sample
 from fasb_tl.evaluation.rows import RowSpec, row_identity
 from fasb_tl.evaluation.variants import PLAIN, Variant
@@ -31,20 +31,11 @@ MC_TASK_METHODS = ("none", "iti", "caa", "question", "fasb")
 
 
 @dataclass(frozen=True)
-class MultiChoiceConfig:
+class MultiChoiceConfig(SteeringSettings):
     """Sizes and steering settings; defaults finish all six tasks in about half an hour on 2 CPU cores."""
 
     n_pool: int = 300
     n_eval: int | None = 200
-    val_fraction: float = 0.2
-    seed: int = 42
-    k: int = 24
-    direction: str = "mass_mean"
-    backend: str = "torch"
-    alpha: float = 15.0
-    threshold: float = 0.6
-    back_steps: int = 10
-    batch_size: int = 16
 
 
 def option_bank(records: Sequence[ChoiceRecord]) -> ProbeBank:

@@ -33,7 +33,7 @@ from fasb_tl.data import (
 from fasb_tl.data.prompts import tuning_bank
 from fasb_tl.evaluation.artifacts import ArtifactCache, fit_on_bank
 from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice_rows
-from fasb_tl.evaluation.context import EvalContext
+from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.rows import RowSpec, row_identity
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.methods import ALL_METHODS
@@ -46,23 +46,15 @@ MC_METHODS = GENERATION_METHODS
 
 
 @dataclass(frozen=True)
-class TruthfulQAConfig:
+class TruthfulQAConfig(SteeringSettings):
     """Protocol settings; the steering defaults are the released script's values for Llama-2-7B-chat."""
 
-    n_folds: int = 2
-    val_fraction: float = 0.2
-    seed: int = 42
-    k: int = 24
-    direction: str = "mass_mean"
-    backend: str = "torch"
     alpha: float = 60.0
-    threshold: float = 0.6
-    back_steps: int = 10
+    n_folds: int = 2
     max_new_tokens: int = 50
     history: str = "reference"
     n_mc: int | None = None
     n_generation: int | None = None
-    batch_size: int = 16
     generation_batch_size: int = 8
 
 
