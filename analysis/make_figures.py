@@ -120,12 +120,11 @@ def fit(model: TransformerBridge, sizes: Sizes) -> Fit:
     """Activations of the probe and tuning banks, probes on every head, and the Steerer."""
     records = load_builtin()[:: sizes.record_stride]
     split = dataset_splits("builtin", len(records), seed=SEED)[0]
-    train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train])
-    val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val])
-    prompts = train_prompts + val_prompts + tuning_bank(records, seed=SEED)
+    train, val = probe_bank([records[i] for i in split.train]), probe_bank([records[i] for i in split.val])
+    prompts = train.prompts + val.prompts + tuning_bank(records, seed=SEED)
     acts = collect_head_activations(model, prompts, batch_size=32)
-    n_train, n_probe = len(train_prompts), len(train_prompts) + len(val_prompts)
-    y_train, y_val = torch.from_numpy(train_labels), torch.from_numpy(val_labels)
+    n_train, n_probe = len(train.prompts), len(train.prompts) + len(val.prompts)
+    y_train, y_val = train.labels, val.labels
     meta = model_meta(
         model,
         "mass_mean",

@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(plan, args.out) for plan in plans(args)]
         runs += [(plan, args.variants_out) for plan in variant_plans(args)]
         for plan, out in runs:
-            run_plan(model, plan, out, args.data_dir, steerer_dir=steerers)
+            run_plan(model, plan, out, data_dir=args.data_dir, steerer_dir=steerers)
             write_report(args, ResultStore(args.out), ResultStore(args.variants_out))
     report = write_report(args, ResultStore(args.out), ResultStore(args.variants_out))
     print(f"wrote {report}")

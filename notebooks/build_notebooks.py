@@ -124,14 +124,13 @@ def head_importance() -> list[NotebookNode]:
         records = load_dataset(DATASET)[::RECORD_STRIDE]
         split = dataset_splits(DATASET, len(records), seed=SEED)[0]
 
-        train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train])
-        val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val])
+        train, val = probe_bank([records[i] for i in split.train]), probe_bank([records[i] for i in split.val])
         tuning_prompts = tuning_bank(records, seed=SEED)
         acts = collect_head_activations(
-            model, train_prompts + val_prompts + tuning_prompts, batch_size=32, progress=PROGRESS
+            model, train.prompts + val.prompts + tuning_prompts, batch_size=32, progress=PROGRESS
         )
-        n_train, n_probe = len(train_prompts), len(train_prompts) + len(val_prompts)
-        y_train, y_val = torch.from_numpy(train_labels), torch.from_numpy(val_labels)
+        n_train, n_probe = len(train.prompts), len(train.prompts) + len(val.prompts)
+        y_train, y_val = train.labels, val.labels
 
         meta = model_meta(
             model,
@@ -253,10 +252,10 @@ def head_importance() -> list[NotebookNode]:
         detectors = {
             "text only (bag of words)": TextOnlyDetector().fit(train_texts, train_y).score(val_texts, val_y),
             f"best head L{best_layer}H{best_head}": detection_metrics(
-                probes.predict_proba(val_acts)[:, best_layer, best_head], val_labels
+                probes.predict_proba(val_acts)[:, best_layer, best_head], val.labels.numpy()
             ),
             f"mean of the top {K} probes (FASB's p_true)": detection_metrics(
-                steerer.p_true(val_acts[:, steerer.heads[:, 0], steerer.heads[:, 1]]), val_labels
+                steerer.p_true(val_acts[:, steerer.heads[:, 0], steerer.heads[:, 1]]), val.labels.numpy()
             ),
         }
         pd.DataFrame(detectors).T.round(3)
@@ -289,8 +288,8 @@ def head_importance() -> list[NotebookNode]:
         )
         """),
         code("""
-        generation_train, _, _ = probe_bank([records[i] for i in split.train], "generation")
-        generation_val, _, _ = probe_bank(held_out, "generation")
+        generation_train = probe_bank([records[i] for i in split.train], "generation").prompts
+        generation_val = probe_bank(held_out, "generation").prompts
         generation_acts = collect_head_activations(
             model, generation_train + generation_val, batch_size=8, progress=PROGRESS
         )

@@ -125,12 +125,12 @@ def test_a_control_intervention_keeps_the_decisions_and_changes_the_scores(tiny_
 
 def test_probe_bank_in_the_generation_format():
     record = load_builtin()[0]
-    qa, labels, _ = probe_bank([record])
-    generation, same_labels, _ = probe_bank([record], "generation")
+    qa = probe_bank([record])
+    generation = probe_bank([record], "generation")
     answer = record.answers[0][0]
-    assert qa[0] == f"Q: {record.question} A: {answer}"
-    assert generation[0] == generation_prompt(record.question) + "\nA: " + answer
-    assert labels.tolist() == same_labels.tolist()
+    assert qa.prompts[0] == f"Q: {record.question} A: {answer}"
+    assert generation.prompts[0] == generation_prompt(record.question) + "\nA: " + answer
+    assert qa.labels.tolist() == generation.labels.tolist()
     with pytest.raises(DatasetError, match="probe_format"):
         probe_bank([record], "chat")
 

@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from fasb_tl.data import (
     DatasetError,
@@ -118,12 +119,13 @@ def test_split_rejects_bad_values():
 
 def test_probe_bank_keeps_answers_with_their_question():
     records = load_builtin()[:5]
-    prompts, labels, owners = probe_bank(records)
-    assert len(prompts) == len(labels) == len(owners) == sum(len(r.answers) for r in records)
-    assert prompts[0] == f"Q: {records[0].question} A: {records[0].true_answers[0]}"
-    for prompt, owner in zip(prompts, owners):
+    bank = probe_bank(records)
+    assert len(bank.prompts) == len(bank.labels) == len(bank.groups) == sum(len(r.answers) for r in records)
+    assert bank.prompts[0] == f"Q: {records[0].question} A: {records[0].true_answers[0]}"
+    for prompt, owner in zip(bank.prompts, bank.groups.tolist()):
         assert prompt.startswith(f"Q: {records[owner].question} A: ")
-    assert set(labels.tolist()) == {0, 1}
+    assert set(bank.labels.tolist()) == {0, 1}
+    assert bank.labels.dtype == bank.groups.dtype == torch.int64
 
 
 def test_probe_bank_refuses_a_question_with_one_label():

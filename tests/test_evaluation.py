@@ -13,18 +13,24 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fasb_tl.activations import collect_head_activations
+from fasb_tl.caa import CAAConfig
 from fasb_tl.cli import main
 from fasb_tl.data import load_truthfulqa, probe_bank
-from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
+from fasb_tl.evaluation.context import EvalContext
+from fasb_tl.evaluation.detection import run_detection
+from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
 from fasb_tl.evaluation.results import ResultStore, row_key
+from fasb_tl.evaluation.rows import row_identity
 from fasb_tl.evaluation.runner import EvalPlan, sweep_plans
 from fasb_tl.evaluation.tables import Column, multichoice_table, truthfulqa_table, uncertainty_table
 from fasb_tl.evaluation.truthfulqa import (
     TruthfulQAConfig,
-    TruthfulQAEvaluation,
+    TruthfulQAFolds,
     mc_metrics,
     reference_answers,
+    run_mc,
 )
+from fasb_tl.evaluation.truthfulqa_generation import run_generation
 from fasb_tl.evaluation.variants import plan_variants, row_variant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
@@ -57,10 +63,14 @@ def truthfulqa(data_dir):
     return load_truthfulqa(data_dir)[:40]
 
 
+def tqa_folds(model, records, out, **options) -> TruthfulQAFolds:
+    return TruthfulQAFolds(EvalContext.create(model, out, **options), records=records, config=TINY_TQA)
+
+
 def run_tqa(model, records, out, methods=("none", "fasb")):
-    evaluation = TruthfulQAEvaluation(model, records, TINY_TQA, out, progress=False)
-    evaluation.run_mc(methods)
-    evaluation.run_generation(methods)
+    folds = tqa_folds(model, records, out, progress=False)
+    run_mc(folds, methods=methods)
+    run_generation(folds, methods=methods)
     return ResultStore(out).rows
 
 
@@ -106,8 +116,8 @@ def test_an_interrupted_run_resumes_without_duplicates(tiny_model, truthfulqa, t
 
 def test_multichoice_task_rows(tiny_model, tmp_path, data_dir):
     config = MultiChoiceConfig(n_pool=12, n_eval=8, k=4, alpha=5.0)
-    evaluation = MultiChoiceEvaluation(tiny_model, "sst2", config, tmp_path, str(data_dir), progress=False)
-    evaluation.run(("none", "iti", "caa", "fasb"))
+    ctx = EvalContext.create(tiny_model, tmp_path, data_dir=str(data_dir), progress=False)
+    run_multichoice(ctx, task="sst2", config=config, methods=("none", "iti", "caa", "fasb"))
     rows = ResultStore(tmp_path).rows
     assert {r["method"] for r in rows} == {"none", "iti", "caa", "fasb/paper", "fasb/question"}
     assert next(r for r in rows if r["method"] == "caa")["caa"] == {"layer": None, "multiplier": 1.0}
@@ -244,10 +254,10 @@ def test_controls_and_calibrated_variants_sit_beside_the_plain_rows(
     tiny_model, truthfulqa, tmp_path, data_dir
 ):
     plain_only = run_tqa(tiny_model, truthfulqa, tmp_path / "plain", methods=("none", "iti", "fasb"))
-    evaluation = TruthfulQAEvaluation(tiny_model, truthfulqa, TINY_TQA, tmp_path / "all", progress=False)
+    folds = tqa_folds(tiny_model, truthfulqa, tmp_path / "all", progress=False)
     variants = plan_variants(["reversed", "random"], n_random=2, thresholds=["fixed", "calibrated"])
-    evaluation.run_mc(("none", "iti", "fasb"), variants=variants)
-    evaluation.run_generation(("none", "iti", "fasb"), variants=variants)
+    run_mc(folds, methods=("none", "iti", "fasb"), variants=variants)
+    run_generation(folds, methods=("none", "iti", "fasb"), variants=variants)
     rows = ResultStore(tmp_path / "all").rows
     # The plain rows keep the keys (and values) they have without variants.
     plain = {r["key"]: r for r in rows if not row_variant(r)}
@@ -277,7 +287,7 @@ def test_controls_and_calibrated_variants_sit_beside_the_plain_rows(
     )
     frame = uncertainty_table(rows, {"mc2": Column("truthfulqa-mc", ("mc2",), "paper")}, variant="reversed")
     assert list(frame.index) == ["iti", "fasb"]
-    evaluation.run_detection()
+    run_detection(folds)
     (tmp_path / "reading.md").write_text("Reversed steering also helps here.\n")
     report = reproduce_tables.write_report(
         argparse.Namespace(
@@ -294,10 +304,8 @@ def test_controls_and_calibrated_variants_sit_beside_the_plain_rows(
 
 def test_detection_rows_compare_the_fold_probes_with_a_text_only_detector(tiny_model, truthfulqa, tmp_path):
     steerers = tmp_path / "shared-steerers"
-    evaluation = TruthfulQAEvaluation(
-        tiny_model, truthfulqa, TINY_TQA, tmp_path / "run", progress=False, steerer_dir=steerers
-    )
-    evaluation.run_detection()
+    folds = tqa_folds(tiny_model, truthfulqa, tmp_path / "run", progress=False, steerer_dir=steerers)
+    run_detection(folds)
     rows = ResultStore(tmp_path / "run").rows
     assert sorted((r["method"], r["fold"]) for r in rows) == [
         ("probes", 0),
@@ -308,27 +316,31 @@ def test_detection_rows_compare_the_fold_probes_with_a_text_only_detector(tiny_m
     assert (steerers / "fold0-mass_mean-k4" / "steerer.json").is_file()  # shared, not under run/
     assert not (tmp_path / "run" / "steerers").exists()
     # The probes' AUROC again, reading each head straight from every layer's hook_z (not through head_values).
-    split = evaluation.splits[1]
+    split = folds.splits[1]
     test = [truthfulqa[i] for i in split.test]
-    prompts, labels, _ = probe_bank(test)
-    steerer = evaluation.steerer(1)
-    z = collect_head_activations(tiny_model, prompts, progress=False)
+    bank = probe_bank(test)
+    steerer = folds.steerer(1)
+    z = collect_head_activations(tiny_model, bank.prompts, progress=False)
     p_true = steerer.p_true(z[:, steerer.heads[:, 0], steerer.heads[:, 1]])
     probes = next(r for r in rows if r["method"] == "probes" and r["fold"] == 1)
-    assert probes["auroc"] == pytest.approx(roc_auc_score(labels, p_true.numpy()))
-    assert probes["n_answers"] == len(labels)
+    assert probes["auroc"] == pytest.approx(roc_auc_score(bank.labels.numpy(), p_true.numpy()))
+    assert probes["n_answers"] == len(bank.labels)
     # Rerunning computes nothing new and a second folder reuses the shared Steerer.
-    evaluation.run_detection()
+    run_detection(folds)
     assert len(ResultStore(tmp_path / "run").rows) == 4
-    again = TruthfulQAEvaluation(tiny_model, truthfulqa, TINY_TQA, tmp_path / "b", steerer_dir=steerers)
+    again = tqa_folds(tiny_model, truthfulqa, tmp_path / "b", steerer_dir=steerers)
     assert torch.equal(again.steerer(1).directions, steerer.directions)
 
 
 def test_multichoice_controls_and_plan_validation(tiny_model, tmp_path, data_dir):
     config = MultiChoiceConfig(n_pool=12, n_eval=8, k=4, alpha=5.0)
-    evaluation = MultiChoiceEvaluation(tiny_model, "copa", config, tmp_path, str(data_dir), progress=False)
-    evaluation.run(
-        ("none", "iti"), ("paper",), plan_variants(["reversed"], thresholds=["fixed", "calibrated"])
+    run_multichoice(
+        EvalContext.create(tiny_model, tmp_path, data_dir=str(data_dir), progress=False),
+        task="copa",
+        config=config,
+        methods=("none", "iti"),
+        protocols=("paper",),
+        variants=plan_variants(["reversed"], thresholds=["fixed", "calibrated"]),
     )
     rows = ResultStore(tmp_path).rows
     assert sorted((r["method"], row_variant(r)) for r in rows) == [
@@ -348,14 +360,17 @@ def test_plain_row_keys_match_the_committed_results():
     rows = ResultStore(folder).rows
     model = SimpleNamespace(cfg=SimpleNamespace(model_name=rows[0]["model"]))
     copa = next(r for r in rows if r["task"] == "copa" and r["method"] == "fasb/paper")
-    evaluation = MultiChoiceEvaluation(model, "copa", MultiChoiceConfig(**copa["config"]), folder)
-    assert row_key(**evaluation._identity("fasb/paper")) == copa["key"]
+    copa_config = MultiChoiceConfig(**copa["config"])
+    identity = row_identity(model, task="copa", method="fasb/paper", config=copa_config, caa=CAAConfig())
+    assert row_key(**identity) == copa["key"]
     mc = next(
         r for r in rows if r["task"] == "truthfulqa-mc" and r["method"] == "fasb/question" and r["fold"] == 1
     )
     records = [SimpleNamespace(id=str(i)) for i in range(817)]
-    evaluation = TruthfulQAEvaluation(model, records, TruthfulQAConfig(**mc["config"]), folder)
-    assert row_key(**evaluation._identity(task="truthfulqa-mc", method="fasb/question", fold=1)) == mc["key"]
+    folds = TruthfulQAFolds(
+        EvalContext.create(model, folder), records=records, config=TruthfulQAConfig(**mc["config"])
+    )
+    assert row_key(**folds.identity("truthfulqa-mc", "fasb/question", fold=1)) == mc["key"]
 
 
 def test_reproduce_tables_runs_the_variants_on_their_own_subset_without_caa():

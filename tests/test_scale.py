@@ -12,8 +12,10 @@ import torch.multiprocessing as mp
 
 from fasb_tl.data import load_truthfulqa
 from fasb_tl.distributed import Shard, sharded_map
+from fasb_tl.evaluation.context import EvalContext
 from fasb_tl.evaluation.results import ResultStore
-from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAEvaluation
+from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAFolds, run_mc
+from fasb_tl.evaluation.truthfulqa_generation import run_generation
 from fasb_tl.evaluation.variants import plan_variants
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import encode, load_model
@@ -93,26 +95,27 @@ def test_device_map_reaches_transformers_and_the_placed_model_matches(tiny_model
         load_model("tiny-random-llama", device="cpu", device_map="auto")
 
 
+def run_tqa(folds: TruthfulQAFolds) -> None:
+    run_mc(folds, methods=("none", "iti", "fasb"), variants=VARIANTS)
+    run_generation(folds, methods=("none", "fasb"), variants=VARIANTS)
+
+
 def _tqa_rank(rank: int, world_size: int, rendezvous: str, out: str, data_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     try:
         model = load_model("tiny-random-llama")
         records = load_truthfulqa(data_dir)[:40]
-        evaluation = TruthfulQAEvaluation(model, records, TINY_TQA, out, progress=False)
-        assert evaluation.shard == Shard(rank, world_size)
-        evaluation.run_mc(("none", "iti", "fasb"), variants=VARIANTS)
-        evaluation.run_generation(("none", "fasb"), variants=VARIANTS)
+        ctx = EvalContext.create(model, out, progress=False)
+        assert ctx.shard == Shard(rank, world_size)
+        run_tqa(TruthfulQAFolds(ctx, records=records, config=TINY_TQA))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_ranks_give_the_single_process_rows(tiny_model, data_dir, tmp_path):
-    single = TruthfulQAEvaluation(
-        tiny_model, load_truthfulqa(data_dir)[:40], TINY_TQA, tmp_path / "one", progress=False
-    )
-    single.run_mc(("none", "iti", "fasb"), variants=VARIANTS)
-    single.run_generation(("none", "fasb"), variants=VARIANTS)
+    ctx = EvalContext.create(tiny_model, tmp_path / "one", progress=False)
+    run_tqa(TruthfulQAFolds(ctx, records=load_truthfulqa(data_dir)[:40], config=TINY_TQA))
     rendezvous = f"file://{tmp_path / 'rendezvous'}"
     mp.start_processes(
         _tqa_rank, args=(2, rendezvous, str(tmp_path / "two"), str(data_dir)), nprocs=2, start_method="spawn"

@@ -42,7 +42,7 @@ def test_fit_steerer_produces_consistent_tensors(fitted, builtin_split):
 
 def test_probe_activations_read_inside_tuning_prompts_equal_their_own_forward(tiny_model, builtin_split):
     records, split = builtin_split
-    probe_prompts, _, _ = probe_bank([records[i] for i in split.train[:12]])
+    probe_prompts = probe_bank([records[i] for i in split.train[:12]]).prompts
     # Only some questions are in the tuning records, so some probe prompts need a forward of their own.
     tuning_prompts = tuning_bank([records[i] for i in split.train[:6]] + records[-3:], seed=1)
     probe_acts, tuning_acts = _bank_activations(tiny_model, probe_prompts, tuning_prompts, 5, False)
@@ -66,11 +66,9 @@ def test_random_direction_keeps_the_same_heads_and_probes(tiny_model, fitted, bu
 
 def test_p_true_equals_mean_of_sklearn_predict_proba(tiny_model, builtin_split):
     records, split = builtin_split
-    prompts, labels, _ = probe_bank([records[i] for i in split.train[:30]])
-    acts = collect_head_activations(tiny_model, prompts, progress=False)
-    probes = HeadProbes("sklearn").fit(
-        acts, torch.from_numpy(labels), acts, torch.from_numpy(labels), progress=False
-    )
+    bank = probe_bank([records[i] for i in split.train[:30]])
+    acts = collect_head_activations(tiny_model, bank.prompts, progress=False)
+    probes = HeadProbes("sklearn").fit(acts, bank.labels, acts, bank.labels, progress=False)
     heads = probes.top_heads(4)
     cfg = tiny_model.cfg
     steerer = Steerer(
@@ -85,7 +83,7 @@ def test_p_true_equals_mean_of_sklearn_predict_proba(tiny_model, builtin_split):
     expected = np.mean(
         [
             LogisticRegression(max_iter=1000)
-            .fit(acts[:, l, h].numpy(), labels)
+            .fit(acts[:, l, h].numpy(), bank.labels.numpy())
             .predict_proba(acts[:, l, h].numpy())[:, 1]
             for l, h in heads.tolist()
         ],
@@ -160,11 +158,10 @@ def test_hooks_capture_and_steer_then_leave_no_hook(fitted, tiny_model):
 @pytest.mark.integration
 def test_torch_and_sklearn_probes_agree_on_smollm2(smollm2, builtin_split):
     records, split = builtin_split
-    train, train_y, _ = probe_bank([records[i] for i in split.train])
-    val, val_y, _ = probe_bank([records[i] for i in split.val])
-    acts = collect_head_activations(smollm2, train + val, batch_size=32, progress=False)
-    n = len(train)
-    args = (acts[:n], torch.from_numpy(train_y), acts[n:], torch.from_numpy(val_y))
+    train, val = probe_bank([records[i] for i in split.train]), probe_bank([records[i] for i in split.val])
+    acts = collect_head_activations(smollm2, train.prompts + val.prompts, batch_size=32, progress=False)
+    n = len(train.prompts)
+    args = (acts[:n], train.labels, acts[n:], val.labels)
     fast = HeadProbes("torch").fit(*args, progress=False)
     ref = HeadProbes("sklearn").fit(*args, progress=False)
     assert (fast.val_accuracy_ - ref.val_accuracy_).abs().mean() <= 0.01

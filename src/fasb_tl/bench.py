@@ -155,7 +155,7 @@ def decoding_stages(model, steerer: Steerer, prompts: list[str], config: BenchCo
 
 
 @dataclass(frozen=True)
-class ProbeBank:
+class FitBank:
     """The ``Q: {q} A: {a}`` prompts that fitting a Steerer extracts and fits probes on (train, then val)."""
 
     prompts: list[str]
@@ -163,16 +163,16 @@ class ProbeBank:
     n_train: int
 
 
-def probe_bank_prompts(records: list[QARecord], split: Split) -> ProbeBank:
+def probe_bank_prompts(records: list[QARecord], split: Split) -> FitBank:
     """The probe bank of ``split``, as :func:`fasb_tl.steering.fit_steerer` builds it."""
-    train, train_y, _ = probe_bank([records[i] for i in split.train])
-    val, val_y, _ = probe_bank([records[i] for i in split.val])
-    labels = torch.cat([torch.from_numpy(train_y), torch.from_numpy(val_y)])
-    return ProbeBank(prompts=train + val, labels=labels, n_train=len(train))
+    train = probe_bank([records[i] for i in split.train])
+    val = probe_bank([records[i] for i in split.val])
+    labels = torch.cat([train.labels, val.labels])
+    return FitBank(prompts=train.prompts + val.prompts, labels=labels, n_train=len(train.prompts))
 
 
 def probe_fit_stage(
-    acts: Float[torch.Tensor, "n layer head d_head"], bank: ProbeBank, config: BenchConfig
+    acts: Float[torch.Tensor, "n layer head d_head"], bank: FitBank, config: BenchConfig
 ) -> dict[str, Stage]:
     """(f) all-head probe fitting on ``bank``'s activations: torch batched vs a loop of sklearn fits, with their
     agreement."""

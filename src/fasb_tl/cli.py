@@ -189,7 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     plan = _plan(args)
     shard = init_from_env()
-    run_plan(_load(args, shard), plan, args.out, args.data_dir, shard=shard)
+    run_plan(_load(args, shard), plan, args.out, data_dir=args.data_dir, shard=shard)
     if shard.is_main:
         _print_tables(Path(args.out))
     return 0
@@ -211,7 +211,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for index, plan in enumerate(plans, start=1):
         if shard.is_main:
             print(f"sweep point {index}/{len(plans)}")
-        run_plan(model, plan, args.out, args.data_dir, shard=shard)
+        run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
     if shard.is_main:
         print(
             f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"

@@ -479,14 +479,14 @@ def fit_steerer(
     n_heads_total = int(model.cfg.n_layers) * int(model.cfg.n_heads)
     if not 1 <= k <= n_heads_total:
         raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_heads_total}, got {k}")
-    train_prompts, train_labels, _ = probe_bank([records[i] for i in split.train], probe_format)
-    val_prompts, val_labels, _ = probe_bank([records[i] for i in split.val], probe_format)
+    train = probe_bank([records[i] for i in split.train], probe_format)
+    val = probe_bank([records[i] for i in split.val], probe_format)
     tuning_prompts = tuning_bank(tuning_records if tuning_records is not None else records, seed=seed)
     probe_acts, tuning_acts = _bank_activations(
-        model, train_prompts + val_prompts, tuning_prompts, batch_size, progress
+        model, train.prompts + val.prompts, tuning_prompts, batch_size, progress
     )
     acts = torch.cat([probe_acts, tuning_acts])
-    n_train, n_probe = len(train_prompts), len(train_prompts) + len(val_prompts)
+    n_train, n_probe = len(train.prompts), len(train.prompts) + len(val.prompts)
     meta = model_meta(
         model,
         direction,
@@ -498,9 +498,9 @@ def fit_steerer(
     )
     return steerer_from_activations(
         acts[:n_train],
-        torch.from_numpy(train_labels),
+        train.labels,
         acts[n_train:n_probe],
-        torch.from_numpy(val_labels),
+        val.labels,
         acts[n_probe:],
         meta,
         k=k,

@@ -5,6 +5,7 @@ from fasb_tl.data.paths import dataset_dir
 from fasb_tl.data.prompts import (
     QA_PRIMER,
     TRUTHFULQA_INSTRUCTION,
+    ProbeBank,
     extract_answer,
     generation_prefix,
     generation_prompt,
@@ -44,6 +45,7 @@ __all__ = [
     "QA_PRIMER",
     "TRUTHFULQA_INSTRUCTION",
     "DatasetError",
+    "ProbeBank",
     "QARecord",
     "Split",
     "dataset_dir",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 from fasb_tl.data.records import DatasetError, QARecord
 
@@ -59,10 +61,19 @@ ProbeFormat = Literal["qa", "generation"]
 PROBE_FORMATS = ("qa", "generation")
 
 
-def probe_bank(
-    records: list[QARecord], probe_format: ProbeFormat = "qa"
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Probe prompts for every (question, answer), their labels (1 true, 0 false) and question indices.
+@dataclass(frozen=True)
+class ProbeBank:
+    """Labelled prompts, each read at its last token: ``labels`` (int64) are 1 for a true (or gold) answer and
+    0 otherwise; ``groups`` (int64) give the index of the question (or item) a prompt belongs to, so a split
+    keeps every answer of a question on one side."""
+
+    prompts: list[str]
+    labels: torch.Tensor
+    groups: torch.Tensor
+
+
+def probe_bank(records: list[QARecord], probe_format: ProbeFormat = "qa") -> ProbeBank:
+    """Probe prompts for every (question, answer), labelled 1 true / 0 false, grouped by question.
 
     ``probe_format`` ``"qa"`` is the paper's short ``Q: {q} A: {a}``; ``"generation"`` is the prompt the
     probes read at generation time (instruction + 6-shot primer + question + ``"\nA: " + answer``).
@@ -85,7 +96,9 @@ def probe_bank(
                 prompts.append(generation_prompt(record.question) + "\nA: " + answer)
             labels.append(label)
             owners.append(index)
-    return prompts, np.asarray(labels, dtype=np.int64), np.asarray(owners, dtype=np.int64)
+    return ProbeBank(
+        prompts, torch.tensor(labels, dtype=torch.int64), torch.tensor(owners, dtype=torch.int64)
+    )
 
 
 def tuning_bank(records: list[QARecord], seed: int = 0) -> list[str]:

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 
 from fasb_tl.caa import CAAConfig
 from fasb_tl.data import load_truthfulqa
-from fasb_tl.distributed import Shard, current_shard
+from fasb_tl.distributed import Shard
+from fasb_tl.evaluation.context import EvalContext
+from fasb_tl.evaluation.detection import run_detection
 from fasb_tl.evaluation.judges import DEFAULT_JUDGES, make_judges
-from fasb_tl.evaluation.multichoice import MultiChoiceConfig, MultiChoiceEvaluation
+from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
-from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAEvaluation
+from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAFolds, run_mc
+from fasb_tl.evaluation.truthfulqa_generation import run_generation
 from fasb_tl.evaluation.variants import Variant, plan_variants
 from fasb_tl.methods import check_methods
 
@@ -61,6 +64,7 @@ def run_plan(
     model: TransformerBridge,
     plan: EvalPlan,
     out: str | Path,
+    *,
     data_dir: str | None = None,
     progress: bool = True,
     shard: Shard | None = None,
@@ -69,32 +73,31 @@ def run_plan(
     """Run every task of ``plan`` into ``out``; rows already there are skipped (resume). With a distributed
     ``shard`` (default: the initialised process group, if any) the ranks split the work and rank 0 writes.
     Fitted Steerers are kept in ``steerer_dir`` (default ``out/steerers``), so result folders can share them."""
-    shard = shard or current_shard()
+    ctx = EvalContext.create(
+        model, out, shard=shard, progress=progress, steerer_dir=steerer_dir, data_dir=data_dir
+    )
     for task in plan.tasks:
-        # Every rank reads the result folder only after rank 0 has finished writing the previous task's rows.
-        shard.barrier()
-        if task == "truthfulqa":
-            evaluation = TruthfulQAEvaluation(
-                model,
-                load_truthfulqa(data_dir),
-                plan.truthfulqa,
-                out,
-                make_judges(plan.judges),
-                progress,
-                plan.caa,
-                shard,
-                steerer_dir,
+        # The ranks start each task together, after rank 0 has written the previous task's rows.
+        ctx.shard.barrier()
+        if task != "truthfulqa":
+            run_multichoice(
+                ctx,
+                task=task,
+                config=plan.multichoice,
+                caa=plan.caa,
+                methods=plan.methods,
+                protocols=plan.protocols,
+                variants=plan.variants,
             )
-            if plan.detection:
-                evaluation.run_detection()
-            if plan.mc:
-                evaluation.run_mc(plan.methods, plan.protocols, plan.variants)
-            if plan.generation:
-                evaluation.run_generation(plan.methods, plan.variants)
-        else:
-            MultiChoiceEvaluation(
-                model, task, plan.multichoice, out, data_dir, progress, plan.caa, shard, steerer_dir
-            ).run(plan.methods, plan.protocols, plan.variants)
+            continue
+        folds = TruthfulQAFolds(ctx, records=load_truthfulqa(data_dir), config=plan.truthfulqa, caa=plan.caa)
+        judges = make_judges(plan.judges)
+        if plan.detection:
+            run_detection(folds)
+        if plan.mc:
+            run_mc(folds, methods=plan.methods, protocols=plan.protocols, variants=plan.variants)
+        if plan.generation:
+            run_generation(folds, judges=judges, methods=plan.methods, variants=plan.variants)
 
 
 def sweep_plans(plan: EvalPlan, grid: dict[str, Sequence[float]]) -> list[EvalPlan]:

@@ -1,22 +1,14 @@
-"""The evaluation side of :mod:`fasb_tl.distributed`: scoring split over ranks, and rows written by rank 0."""
+"""The evaluation side of :mod:`fasb_tl.distributed`: artifacts computed once for all ranks, and rows written by rank 0."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from fasb_tl.distributed import Shard, sharded_map
+from fasb_tl.distributed import Shard
 from fasb_tl.evaluation.results import ResultStore, row_key
-from fasb_tl.scoring import ChoiceScores, ScoringConfig, score_choices_many
-from fasb_tl.steering import Steerer, SteererFormatError
-
-if TYPE_CHECKING:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from fasb_tl.prefix import PrefixCache
-
 
 T = TypeVar("T")
 
@@ -33,14 +25,6 @@ def load_or_compute(
             save(value)
         shard.barrier()
     return value
-
-
-def load_steerer_if_valid(folder: Path, model: TransformerBridge) -> Steerer | None:
-    """The Steerer saved in ``folder`` for ``model``, or None when there is none (or it is unreadable)."""
-    try:
-        return Steerer.load(folder, model=model)
-    except SteererFormatError:
-        return None
 
 
 class ShardedRows:
@@ -66,46 +50,3 @@ class ShardedRows:
         self.shard.barrier()
         if self.shard.distributed and self.shard.is_main:
             shutil.rmtree(self.shard_folder(keys), ignore_errors=True)
-
-
-def sharded_score_choices(
-    rows: ShardedRows,
-    keys: Sequence[str],
-    model: TransformerBridge,
-    contexts: Sequence[str],
-    options: Sequence[Sequence[str]],
-    steerer: Steerer | None,
-    configs: Mapping[str, ScoringConfig],
-    *,
-    interventions: Mapping[str, Steerer] | None = None,
-    prefix: PrefixCache | None = None,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> dict[str, list[ChoiceScores]]:
-    """:func:`~fasb_tl.scoring.score_choices_many` with the items split over the ranks (``batch_size`` items
-    per batch), every rank receiving every result; ``keys`` name the rows the scores are for."""
-
-    def score(indices: list[int]) -> list[dict[str, ChoiceScores]]:
-        scored = score_choices_many(
-            model,
-            [contexts[i] for i in indices],
-            [options[i] for i in indices],
-            steerer,
-            configs,
-            prefix=prefix,
-            interventions=interventions,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        return [{tag: scored[tag][j] for tag in configs} for j in range(len(indices))]
-
-    per_item = sharded_map(
-        rows.shard,
-        list(range(len(contexts))),
-        batch_size,
-        score,
-        store=rows.shard_folder(keys),
-        encode=lambda item: {tag: scores.to_dict() for tag, scores in item.items()},
-        decode=lambda item: {tag: ChoiceScores.from_dict(value) for tag, value in item.items()},
-    )
-    return {tag: [item[tag] for item in per_item] for tag in configs}

@@ -1,0 +1,77 @@
+"""What every evaluation job shares: the model, the result folder, the ranks and where Steerers are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fasb_tl.distributed import Shard, current_shard
+from fasb_tl.evaluation.results import ResultStore
+from fasb_tl.evaluation.sharding import ShardedRows
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+
+@dataclass(frozen=True)
+class SteeringSettings:
+    """The settings both task configs share: how a Steerer is fitted (val fraction, seed, K, direction, probe
+    backend, extraction batch size) and how it steers (alpha, threshold, back_steps)."""
+
+    val_fraction: float = 0.2
+    seed: int = 42
+    k: int = 24
+    direction: str = "mass_mean"
+    backend: str = "torch"
+    alpha: float = 15.0
+    threshold: float = 0.6
+    back_steps: int = 10
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """Built once by :func:`~fasb_tl.evaluation.runner.run_plan` (or :meth:`create`) and passed to every job."""
+
+    model: TransformerBridge
+    out: Path
+    rows: ShardedRows
+    progress: bool
+    steerer_dir: Path
+    data_dir: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        model: TransformerBridge,
+        out: str | Path,
+        *,
+        shard: Shard | None = None,
+        progress: bool = True,
+        steerer_dir: str | Path | None = None,
+        data_dir: str | None = None,
+    ) -> EvalContext:
+        """The context of a run into ``out``; ``shard`` defaults to the initialised process group, if any, and
+        ``steerer_dir`` to ``out/steerers``."""
+        shard = shard or current_shard()
+        out = Path(out)
+        return cls(
+            model=model,
+            out=out,
+            rows=ShardedRows(ResultStore(out), shard),
+            # One progress bar per run, not one per rank.
+            progress=progress and shard.is_main,
+            # A Steerer depends on the splits and the steering settings, not on how many questions are
+            # evaluated, so result folders may share one folder of Steerers.
+            steerer_dir=Path(steerer_dir) if steerer_dir is not None else out / "steerers",
+            data_dir=data_dir,
+        )
+
+    @property
+    def shard(self) -> Shard:
+        return self.rows.shard
+
+    @property
+    def store(self) -> ResultStore:
+        return self.rows.store
