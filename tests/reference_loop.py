@@ -11,6 +11,7 @@ import torch
 
 from fasb_tl.generation import GenerationConfig, GenerationResult
 from fasb_tl.methods import MONITORING_METHODS
+from fasb_tl.scoring import answer_tokens
 from fasb_tl.steering import HookState, Steerer
 
 
@@ -120,3 +121,23 @@ def splitting_thresholds(model, steerer: Steerer, prompts: list[str], back_steps
             min(r.p_true_trace[min(first_check, len(r.p_true_trace) - 1) :]) for r in results
         ),
     }
+
+
+def decisions(result: GenerationResult) -> tuple:
+    """What the equivalence tests compare besides ``p_true_trace``: tokens and every FASB decision."""
+    return (
+        result.token_ids,
+        result.triggered,
+        result.trigger_step,
+        result.removed_token_ids,
+        result.steered_from,
+        None if result.strength is None else round(result.strength, 4),
+    )
+
+
+def full_forward_log_likelihood(model, context: str, option: str) -> float:
+    """Log-likelihood of ``option`` after ``context`` from one uncached forward over both."""
+    full, start = answer_tokens(model, context, option)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([full]))[0], dim=-1)
+    return sum(log_probs[p - 1, full[p]].item() for p in range(start, len(full)))

@@ -7,13 +7,13 @@ import dataclasses
 
 import pytest
 import torch
-from reference_loop import reference_generate, splitting_thresholds
+from reference_loop import decisions, full_forward_log_likelihood, reference_generate, splitting_thresholds
 
 from fasb_tl.data import dataset_splits, load_builtin
 from fasb_tl.generation import METHODS, GenerationConfig, generate
 from fasb_tl.models import TINY_ARCHITECTURES, TINY_WINDOW, encode, load_model
 from fasb_tl.prefix import build_prefix_cache
-from fasb_tl.scoring import ScoringConfig, answer_tokens, score_choices
+from fasb_tl.scoring import ScoringConfig, score_choices
 from fasb_tl.steering import fit_steerer
 
 # Lengths with BOS: 3 (the window fills during generation), 11, 23 and 55 (full before the first token).
@@ -24,17 +24,6 @@ PROMPTS = [
     "Q: What is the boiling point of water at sea level? A:",
 ]
 BASE = GenerationConfig(alpha=8.0, back_steps=3, max_new_tokens=12)
-
-
-def decisions(result):
-    return (
-        result.token_ids,
-        result.triggered,
-        result.trigger_step,
-        result.removed_token_ids,
-        result.steered_from,
-        None if result.strength is None else round(result.strength, 4),
-    )
 
 
 @pytest.fixture(scope="module", params=TINY_ARCHITECTURES)
@@ -126,8 +115,5 @@ def test_batched_unsteered_scores_equal_a_full_forward_log_likelihood(setup):
     results = score_choices(model, PROMPTS, options, None, ScoringConfig(method="none"), progress=False)
     for context, choices, result in zip(PROMPTS, options, results):
         for option, score in zip(choices, result.scores):
-            full, start = answer_tokens(model, context, option)
-            with torch.no_grad():
-                log_probs = torch.log_softmax(model(torch.tensor([full]))[0], dim=-1)
-            expected = sum(log_probs[p - 1, full[p]].item() for p in range(start, len(full)))
+            expected = full_forward_log_likelihood(model, context, option)
             assert score.item() == pytest.approx(expected, abs=1e-4), (context, option)

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 import torch
-from reference_loop import reference_generate, splitting_thresholds
+from reference_loop import decisions, reference_generate, splitting_thresholds
 
 from fasb_tl.generation import METHODS, GenerationConfig, GenerationConfigError, generate, generate_many
 from fasb_tl.models import encode
@@ -15,17 +15,6 @@ PROMPTS = [
     "Q: a b c d e f g h? A:",
 ]
 BASE = GenerationConfig(alpha=8.0, back_steps=3, max_new_tokens=12)
-
-
-def decisions(result):
-    return (
-        result.token_ids,
-        result.triggered,
-        result.trigger_step,
-        result.removed_token_ids,
-        result.steered_from,
-        None if result.strength is None else round(result.strength, 4),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from reference_loop import full_forward_log_likelihood
 
 from fasb_tl.data import extract_answer
 from fasb_tl.demo import DemoConfig, run_demo
@@ -28,10 +29,7 @@ def test_unsteered_scores_equal_a_manual_log_likelihood(tiny_model):
     results = score_choices(tiny_model, CONTEXTS, OPTIONS, None, ScoringConfig(method="none"), progress=False)
     for context, options, result in zip(CONTEXTS, OPTIONS, results):
         for option, score in zip(options, result.scores):
-            full, start = answer_tokens(tiny_model, context, option)
-            with torch.no_grad():
-                log_probs = torch.log_softmax(tiny_model(torch.tensor([full]))[0], dim=-1)
-            expected = sum(log_probs[p - 1, full[p]].item() for p in range(start, len(full)))
+            expected = full_forward_log_likelihood(tiny_model, context, option)
             assert score.item() == pytest.approx(expected, abs=1e-4)
 
 
