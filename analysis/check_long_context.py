@@ -24,9 +24,9 @@ from pathlib import Path
 
 from fasb_tl._io import atomic_write_text
 from fasb_tl.data import dataset_splits, generation_prefix, load_builtin
+from fasb_tl.fitting import fit_steerer
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import encode, load_model
-from fasb_tl.steering import fit_steerer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_loop import reference_generate
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     config = model.original_model.config.get_text_config(decoder=True)
     window = getattr(config, "sliding_window", None)
     records = load_builtin()
-    steerer, _ = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=24, progress=False)
+    steerer = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=24, progress=False)
     questions = ["Does cracking your knuckles cause arthritis?", "What happens if you swallow gum?", "Why?"]
     prompts = [
         long_prompt(model, records[10:], q, target)

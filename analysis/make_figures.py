@@ -33,6 +33,7 @@ from fasb_tl.data import (
     probe_bank,
     tuning_bank,
 )
+from fasb_tl.fitting import model_meta, steerer_from_activations
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.plotting import (
     plot_backend_agreement,
@@ -47,7 +48,6 @@ from fasb_tl.plotting import (
 )
 from fasb_tl.prefix import build_prefix_cache
 from fasb_tl.scoring import ChoiceScores, ScoringConfig, score_choices, score_choices_many
-from fasb_tl.steering import model_meta, steerer_from_activations
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -134,7 +134,7 @@ def fit(model: TransformerBridge, sizes: Sizes) -> Fit:
         n_train=len(split.train),
         n_val=len(split.val),
     )
-    largest, probes = steerer_from_activations(
+    largest = steerer_from_activations(
         acts[:n_train],
         y_train,
         acts[n_train:n_probe],
@@ -144,6 +144,7 @@ def fit(model: TransformerBridge, sizes: Sizes) -> Fit:
         k=max((*sizes.ks, K)),
         seed=SEED,
     )
+    probes = largest.fit_report
     return Fit(model, records, split, acts[:n_probe], y_train, y_val, largest, probes)
 
 

@@ -20,10 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from fasb_tl.data import dataset_splits, generation_prompt, load_builtin
 from fasb_tl.data.prompts import generation_prefix
+from fasb_tl.fitting import fit_steerer
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import encode, load_model
 from fasb_tl.prefix import build_prefix_cache
-from fasb_tl.steering import fit_steerer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = load_model(args.model)
     records = load_builtin()
-    steerer, _ = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=24, progress=False)
+    steerer = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=24, progress=False)
     prompts = [generation_prompt(r.question) for r in records[: args.n_prompts]]
     prefix = build_prefix_cache(model, generation_prefix())
     settings = {

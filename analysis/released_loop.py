@@ -12,7 +12,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from fasb_tl.activations import hook_z_name
-from fasb_tl.steering import HookState, Steerer
+from fasb_tl.intervention import SteeringScale
+from fasb_tl.steering import Steerer
 
 
 def sklearn_probes(steerer: Steerer) -> list[LogisticRegression]:
@@ -61,12 +62,12 @@ def released_generate(
                 ids = list(prompt) + generated
                 break
         if strength is not None:
-            state = HookState(capture=False)
-            with steerer.attach(model, state):
+            steering = SteeringScale()
+            with steerer.attach(model, steering):
                 while len(generated) < max_new_tokens:
                     scale = torch.zeros(1, len(ids))
                     scale[0, -1] = alpha * strength
-                    state.scale = scale
+                    steering.set(scale)
                     token = int(model(torch.tensor([ids]))[0, -1].argmax())
                     ids.append(token)
                     generated.append(token)

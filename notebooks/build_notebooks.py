@@ -105,7 +105,7 @@ def head_importance() -> list[NotebookNode]:
             plot_projection_histograms,
         )
         from fasb_tl.scoring import ScoringConfig, score_choices
-        from fasb_tl.steering import model_meta, steerer_from_activations
+        from fasb_tl.fitting import model_meta, steerer_from_activations
 
         # After the fasb_tl imports, which select a backend for scripts; figures then show inline.
         %matplotlib inline
@@ -141,7 +141,7 @@ def head_importance() -> list[NotebookNode]:
             n_train=len(split.train),
             n_val=len(split.val),
         )
-        steerer, probes = steerer_from_activations(
+        steerer = steerer_from_activations(
             acts[:n_train],
             y_train,
             acts[n_train:n_probe],
@@ -152,6 +152,7 @@ def head_importance() -> list[NotebookNode]:
             seed=SEED,
             progress=PROGRESS,
         )
+        probes = steerer.fit_report
         majority = max(y_val.float().mean().item(), 1 - y_val.float().mean().item())
         layer, head = steerer.heads[0].tolist()
         print(
@@ -432,7 +433,7 @@ def ablations() -> list[NotebookNode]:
         model = load_model()
         records = load_builtin()[::RECORD_STRIDE]
         split = dataset_splits("builtin", len(records), seed=SEED)[0]
-        largest, _ = fit_steerer(
+        largest = fit_steerer(
             model, records, split, k=max(KS + [K]), seed=SEED, dataset="builtin", fold=0, progress=PROGRESS
         )
         steerer = select_heads(largest, slice(0, K))
@@ -660,7 +661,7 @@ def quickstart() -> list[NotebookNode]:
         model = load_model()
         records = load_builtin()[::RECORD_STRIDE]
         split = dataset_splits("builtin", len(records))[0]
-        steerer, _ = fit_steerer(model, records, split, k=24, dataset="builtin", fold=0, progress=PROGRESS)
+        steerer = fit_steerer(model, records, split, k=24, dataset="builtin", fold=0, progress=PROGRESS)
         print(f"{steerer.k} heads, best validation accuracy {steerer.val_accuracy.max():.3f}")
         """),
         md("""

@@ -51,12 +51,10 @@ def data_dir():
 def steerer(tiny_model):
     """A 4-head Steerer fitted on the tiny model with the built-in dataset (fold 0), shared by unit tests."""
     from fasb_tl.data import dataset_splits, load_builtin
-    from fasb_tl.steering import fit_steerer
+    from fasb_tl.fitting import fit_steerer
 
     records = load_builtin()
-    fitted, _ = fit_steerer(
-        tiny_model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False
-    )
+    fitted = fit_steerer(tiny_model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False)
     return fitted
 
 
@@ -64,9 +62,9 @@ def steerer(tiny_model):
 def smollm2_steerer(smollm2):
     """A Steerer fitted on SmolLM2 with the built-in dataset (fold 0), shared by integration tests."""
     from fasb_tl.data import dataset_splits, load_builtin
-    from fasb_tl.steering import fit_steerer
+    from fasb_tl.fitting import fit_steerer
 
     records = load_builtin()
     split = dataset_splits("builtin", len(records))[0]
-    steerer, _ = fit_steerer(smollm2, records, split, k=24, dataset="builtin", batch_size=32, progress=False)
+    steerer = fit_steerer(smollm2, records, split, k=24, dataset="builtin", batch_size=32, progress=False)
     return steerer

@@ -10,26 +10,28 @@ from __future__ import annotations
 import torch
 
 from fasb_tl.generation import GenerationConfig, GenerationResult
+from fasb_tl.intervention import SteeringScale
 from fasb_tl.methods import MONITORING_METHODS
 from fasb_tl.scoring import answer_tokens
-from fasb_tl.steering import HookState, Steerer
+from fasb_tl.steering import Readout, Steerer
 
 
 def _forward(model, ids: list[int], steerer: Steerer | None, scale: float, steer_from: int, history: str):
-    state = HookState()
+    steering = SteeringScale()
     if scale:
         positions = torch.zeros(1, len(ids))
         if history == "reference":
             positions[0, -1] = scale
         else:
             positions[0, steer_from:] = scale
-        state.scale = positions
+        steering.set(positions)
     with torch.no_grad():
         if steerer is None:
             return model(torch.tensor([ids]))[0, -1], None
-        with steerer.attach(model, state):
+        readout = Readout(steerer, all_positions=False)
+        with steerer.attach(model, steering, readout):
             logits = model(torch.tensor([ids]))[0, -1]
-        return logits, float(steerer.captured_p_true(state)[0])
+        return logits, float(readout.p_true[0])
 
 
 def reference_generate(

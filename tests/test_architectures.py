@@ -10,11 +10,11 @@ import torch
 from reference_loop import decisions, full_forward_log_likelihood, reference_generate, splitting_thresholds
 
 from fasb_tl.data import dataset_splits, load_builtin
+from fasb_tl.fitting import fit_steerer
 from fasb_tl.generation import METHODS, GenerationConfig, generate
 from fasb_tl.models import TINY_ARCHITECTURES, TINY_WINDOW, encode, load_model
 from fasb_tl.prefix import build_prefix_cache
 from fasb_tl.scoring import ScoringConfig, score_choices
-from fasb_tl.steering import fit_steerer
 
 # Lengths with BOS: 3 (the window fills during generation), 11, 23 and 55 (full before the first token).
 PROMPTS = [
@@ -30,7 +30,7 @@ BASE = GenerationConfig(alpha=8.0, back_steps=3, max_new_tokens=12)
 def setup(request):
     model = load_model(f"tiny-random-{request.param}")
     records = load_builtin()
-    steerer, _ = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False)
+    steerer = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=4, progress=False)
     thresholds = splitting_thresholds(model, steerer, PROMPTS, BASE.back_steps, BASE.max_new_tokens)
     return request.param, model, steerer, thresholds
 

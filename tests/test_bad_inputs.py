@@ -17,11 +17,12 @@ from fasb_tl.data import DatasetError, QARecord, load_truthfulqa, probe_bank
 from fasb_tl.data.records import check_unique_questions
 from fasb_tl.data.splits import Split, question_splits
 from fasb_tl.evaluation.multichoice_data import load_task
+from fasb_tl.fitting import steerer_from_activations
 from fasb_tl.generation import GenerationConfig, GenerationConfigError, generate
 from fasb_tl.models import ContextLengthError, ModelNotAvailableError, load_model
 from fasb_tl.probes import HeadProbes, ProbeError
 from fasb_tl.scoring import ScoringConfig, ScoringConfigError, score_choices
-from fasb_tl.steering import ModelMismatchError, Steerer, SteererFormatError, steerer_from_activations
+from fasb_tl.steering import ModelMismatchError, Steerer, SteererFormatError
 
 QUESTION = QARecord(id="q", question="Is it?", true_answers=("Yes.",), false_answers=("No.",))
 
@@ -46,7 +47,7 @@ def foreign_steerer(steerer: Steerer) -> Steerer:
         meta,
         k=2,
         progress=False,
-    )[0]
+    )
 
 
 def copy_data_without(data_dir, tmp_path, name: str):

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from fasb_tl.caa import ResidualSteerer, fit_caa
-from fasb_tl.generation import GenerationConfig, generate
+from fasb_tl.generation import GenerationConfig, GenerationConfigError, generate
 from fasb_tl.models import encode
-from fasb_tl.scoring import ScoringConfig, score_choices
+from fasb_tl.scoring import ScoringConfig, ScoringConfigError, score_choices
 from fasb_tl.steering import ModelMismatchError
 
 PROMPTS = [
@@ -66,3 +66,14 @@ def test_caa_refuses_a_model_of_another_shape(smollm2, caa):
     with pytest.raises(ValueError, match="both labels"):
         fit_caa(smollm2, PROMPTS[:1], torch.tensor([1]), progress=False)
     assert isinstance(caa, ResidualSteerer)
+
+
+def test_a_gated_method_with_the_caa_vector_is_refused_before_any_forward(tiny_model, caa):
+    with pytest.raises(
+        GenerationConfigError, match="method 'fasb' reads probes, which a ResidualSteerer has not"
+    ):
+        generate(tiny_model, PROMPTS, caa, GenerationConfig(method="fasb"), progress=False)
+    with pytest.raises(ScoringConfigError, match="method 'question' reads probes"):
+        score_choices(
+            tiny_model, ["Q: x A:"], [[" y", " z"]], caa, ScoringConfig(method="question"), progress=False
+        )

@@ -8,9 +8,10 @@ from fasb_tl.calibration import calibrate_threshold, check_positions, generation
 from fasb_tl.cli import main
 from fasb_tl.data import DatasetError, load_builtin, probe_bank
 from fasb_tl.data.prompts import generation_prompt
+from fasb_tl.fitting import control_steerer
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.scoring import ScoringConfig, answer_tokens, score_choices_many
-from fasb_tl.steering import Steerer, control_steerer
+from fasb_tl.steering import Steerer
 from fasb_tl.text_baseline import TextOnlyDetector, answer_texts, detection_metrics
 
 

@@ -195,7 +195,7 @@ def test_an_exception_inside_the_loop_leaves_no_hooks(tiny_model, steerer, monke
     def explode(*args, **kwargs):
         raise RuntimeError("hook failure")
 
-    monkeypatch.setattr(type(steerer), "captured_p_true", explode)
+    monkeypatch.setattr(type(steerer), "p_true", explode)
     with pytest.raises(RuntimeError, match="hook failure"):
         generate(tiny_model, PROMPTS, steerer, BASE, progress=False)
     monkeypatch.undo()
@@ -216,6 +216,8 @@ def test_sampling_is_seeded(tiny_model, steerer):
     ("field", "value", "message"),
     [
         ("alpha", -1.0, "alpha must be >= 0"),
+        ("alpha", float("inf"), "alpha must be >= 0 and finite, got inf"),
+        ("alpha", float("nan"), "alpha must be >= 0 and finite, got nan"),
         ("threshold", 1.2, "threshold must be in \\[0, 1\\]"),
         ("back_steps", -1, "back_steps must be >= 0"),
         ("max_new_tokens", 0, "max_new_tokens must be >= 1"),

@@ -3,8 +3,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from fasb_tl.directions import head_directions
 from fasb_tl.probes import HeadProbes, ProbeError, _check_xy, _fit_torch
-from fasb_tl.steering import head_directions
 
 PLANTED = [(1, 2), (3, 0), (0, 4)]
 

@@ -87,16 +87,13 @@ def test_paper_decisions_depend_on_the_candidate_question_decisions_do_not(tiny_
 
 def _paper_p_true_values(model, steerer):
     """The lowest checked p_true of every candidate (what decides its paper-protocol trigger)."""
-    from fasb_tl.steering import HookState
-
     values = []
     for context, options in zip(CONTEXTS, OPTIONS):
         for option in options:
             full, start = answer_tokens(model, context, option)
-            state = HookState(all_positions=True)
-            with torch.no_grad(), steerer.attach(model, state):
+            with torch.no_grad(), steerer.monitoring(model) as readout:
                 model(torch.tensor([full]), return_type=None)
-            p = steerer.captured_p_true(state)[0]
+            p = readout.p_true[0]
             checked = [q for q in range(start, len(full)) if q - start >= 2 or q == len(full) - 1]
             values.append(min(float(p[q]) for q in checked))
     return values

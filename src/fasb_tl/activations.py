@@ -243,3 +243,25 @@ def _normalise_position(position: int, length: int, index: int) -> int:
     if not 0 <= resolved < length:
         raise ValueError(f"position {position} of prompt {index} is outside its {length} tokens")
     return resolved
+
+
+class HeadsByLayer:
+    """The K ``(layer, head)`` pairs grouped by layer: per layer, its head indices and their places in K."""
+
+    def __init__(self, heads: Int[Tensor, "k 2"]):
+        self.k = int(heads.shape[0])
+        self.index = {
+            layer: (heads[heads[:, 0] == layer, 1], torch.nonzero(heads[:, 0] == layer).flatten())
+            for layer in sorted(set(heads[:, 0].tolist()))
+        }
+
+    def gather(self, z_by_layer: dict[int, Tensor]) -> Float[Tensor, "*batch k d_head"]:
+        """The K heads' vectors, in K order, from per-layer tensors ``[..., head, d_head]``."""
+        parts: list[Tensor | None] = [None] * self.k
+        # Under a multi-GPU device_map the layers' values live on different devices; meet on the first.
+        device = z_by_layer[min(self.index)].device
+        for layer, (head_idx, k_idx) in self.index.items():
+            values = z_by_layer[layer][..., head_idx.to(z_by_layer[layer].device), :].to(device)
+            for j, k in enumerate(k_idx.tolist()):
+                parts[k] = values[..., j, :]
+        return torch.stack(parts, dim=-2)  # type: ignore[arg-type]

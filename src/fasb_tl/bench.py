@@ -24,9 +24,10 @@ from typing_extensions import Self
 from fasb_tl._io import atomic_write_text
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.data import QARecord, Split, dataset_splits, generation_prompt, load_builtin, probe_bank
+from fasb_tl.fitting import fit_steerer
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.probes import HeadProbes
-from fasb_tl.steering import Steerer, fit_steerer
+from fasb_tl.steering import Steerer
 
 
 @dataclass
@@ -283,7 +284,7 @@ def run_bench(
     model = load_model(config.model)
     records = load_builtin()
     split = dataset_splits("builtin", len(records), seed=config.seed)[0]
-    steerer, _ = fit_steerer(model, records, split, k=config.k, seed=config.seed, progress=False)
+    steerer = fit_steerer(model, records, split, k=config.k, seed=config.seed, progress=False)
     questions = [records[i].question for i in split.test[: config.n_prompts]]
     prompts = [generation_prompt(q) for q in questions]
     stages = decoding_stages(model, steerer, prompts, config)

@@ -2,15 +2,13 @@
 residual-stream vector at one layer, ``mean(true) - mean(false)`` of ``blocks.{L}.hook_resid_post`` at the last
 token of the probe prompts, added (times a multiplier) at every steered position.
 
-A :class:`ResidualSteerer` has the hook interface of :class:`fasb_tl.steering.Steerer` (``attach`` with a
-:class:`HookState`), so the decode loop and the scorer use it unchanged with ``method="iti"`` (always steer,
-strength 1): the method is the gating policy, the steerer the intervention.
+A :class:`ResidualSteerer` is an :class:`~fasb_tl.intervention.Intervention`, so the decode loop and the scorer
+use it unchanged with ``method="iti"`` (always steer, strength 1): the method is the gating policy, the steerer
+the intervention.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +18,8 @@ from torch import Tensor
 
 from fasb_tl.activations import Prompt, collect_residual_activations
 from fasb_tl.distributed import Shard
+from fasb_tl.intervention import Hooks, ModelMismatchError, SteeringScale
 from fasb_tl.models import model_name
-from fasb_tl.steering import HookState, ModelMismatchError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -56,23 +54,16 @@ class ResidualSteerer:
                 f"but the model {model_name(model)!r} has {theirs}"
             )
 
-    def hooks(self, state: HookState) -> list[tuple[str, Any]]:
-        """A hook on ``blocks.{layer}.hook_resid_post`` adding ``state.scale * vector``."""
+    def steering_hooks(self, scale: SteeringScale) -> Hooks:
+        """A hook on ``blocks.{layer}.hook_resid_post`` adding ``scale * vector``."""
 
-        def hook(resid: Tensor, hook: Any) -> Tensor:
-            if state.scale is None:
-                return resid
-            scale = state.scale.to(resid.device, resid.dtype)
-            return resid + scale[:, :, None] * self.vector.to(resid.device, resid.dtype)
+        def hook(resid: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor | None:
+            value = scale.fitted_to(resid, trailing=1)
+            if value is None:
+                return None
+            return resid + value * self.vector.to(resid.device, resid.dtype)
 
         return [(f"blocks.{self.layer}.hook_resid_post", hook)]
-
-    @contextmanager
-    def attach(self, model: TransformerBridge, state: HookState) -> Iterator[HookState]:
-        """Install the hook for the duration of the block; removed on every exit path."""
-        self.check_model(model)
-        with model.hooks(fwd_hooks=self.hooks(state)):
-            yield state
 
 
 def fit_caa(

@@ -64,8 +64,8 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a Steerer and write it with its head-accuracy heatmap."""
     from fasb_tl.data import dataset_splits, load_dataset
+    from fasb_tl.fitting import fit_steerer
     from fasb_tl.plotting import plot_head_accuracy, save_figure
-    from fasb_tl.steering import fit_steerer
 
     start = time.perf_counter()
     records = load_dataset(args.dataset, args.data_dir)
@@ -73,7 +73,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not 0 <= args.fold < len(splits):
         raise SystemExit(f"--fold must be in [0, {len(splits) - 1}], got {args.fold}")
     model = _load(args)
-    steerer, _ = fit_steerer(
+    steerer = fit_steerer(
         model,
         records,
         splits[args.fold],

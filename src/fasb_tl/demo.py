@@ -16,12 +16,13 @@ import torch
 from fasb_tl._io import atomic_write_text
 from fasb_tl.data import dataset_splits, extract_answer, generation_prefix, generation_prompt, load_builtin
 from fasb_tl.data.records import QARecord
+from fasb_tl.fitting import fit_steerer
 from fasb_tl.generation import GenerationConfig, GenerationResult, generate_many
 from fasb_tl.models import load_model, model_name
 from fasb_tl.plotting import plot_head_accuracy, save_figure
 from fasb_tl.prefix import build_prefix_cache
 from fasb_tl.scoring import ScoringConfig, score_choices_many
-from fasb_tl.steering import ModelMismatchError, Steerer, SteererFormatError, fit_steerer
+from fasb_tl.steering import ModelMismatchError, Steerer, SteererFormatError
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _steerer(model, records: list[QARecord], config: DemoConfig, folder: Path) -
                     f"reused from {folder} (an earlier run fitted it with these settings; delete it to refit)",
                 )
             reason = f"the Steerer in {folder} was fitted with other settings"
-    steerer, _ = fit_steerer(model, records, split, k=config.k, seed=config.seed, dataset="builtin", fold=0)
+    steerer = fit_steerer(model, records, split, k=config.k, seed=config.seed, dataset="builtin", fold=0)
     steerer.save(folder, overwrite=True)
     return steerer, f"fitted and saved to {folder} ({reason}; the next run reuses it)"
 

@@ -31,93 +31,24 @@ from tqdm.auto import tqdm
 
 from fasb_tl.activations import Prompt, pad_batch, tokenize_prompts
 from fasb_tl.attention import cached_forward
-from fasb_tl.methods import DECODE_METHODS, SPECS, MethodSpec, Trigger, decide, generation_checks
+from fasb_tl.generation_config import METHODS, GenerationConfig, GenerationConfigError, GenerationResult
+from fasb_tl.intervention import Intervention, SteeringScale, intervening, intervention_problem
+from fasb_tl.methods import Trigger, decide, generation_checks
 from fasb_tl.models import check_context
 from fasb_tl.prefix import PrefixCache
-from fasb_tl.steering import HookState, Steerer
+from fasb_tl.steering import Readout
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-Method = Literal["none", "iti", "question", "no_backtrack", "fixed", "fasb"]
-METHODS = DECODE_METHODS
-History = Literal["reference", "persistent"]
-
-
-class GenerationConfigError(ValueError):
-    """A generation setting outside its valid range."""
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Everything that decides how answers are generated and steered.
-
-    ``method`` selects the paper's variant: ``none`` (no steering), ``iti`` (always steer with strength 1 from
-    the first generated token), ``question`` (decide once from the prompt's last token), ``no_backtrack``
-    (steer from the detection point on, keep every token), ``fixed`` (FASB with strength 1) and ``fasb``
-    (backtrack ``back_steps`` tokens, strength ``1 - p_true``). The steering added to each selected head is
-    ``alpha * strength * sigma_k * v_k``. ``threshold`` outside ``[0, 1]`` needs ``force_threshold=True``
-    (useful to force or forbid every trigger in tests and benchmarks).
-    """
-
-    method: Method = "fasb"
-    alpha: float = 15.0
-    threshold: float = 0.6
-    back_steps: int = 10
-    max_new_tokens: int = 50
-    history: History = "reference"
-    stop_at_eos: bool = True
-    do_sample: bool = False
-    temperature: float = 1.0
-    seed: int = 0
-    force_threshold: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise GenerationConfigError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.history not in ("reference", "persistent"):
-            raise GenerationConfigError(f"history must be 'reference' or 'persistent', got {self.history!r}")
-        if not self.alpha >= 0:
-            raise GenerationConfigError(f"alpha must be >= 0, got {self.alpha}")
-        if not self.force_threshold and not 0.0 <= self.threshold <= 1.0:
-            raise GenerationConfigError(
-                f"threshold must be in [0, 1], got {self.threshold} (pass force_threshold=True to allow it)"
-            )
-        if self.back_steps < 0:
-            raise GenerationConfigError(f"back_steps must be >= 0, got {self.back_steps}")
-        if self.max_new_tokens < 1:
-            raise GenerationConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.do_sample and not self.temperature > 0:
-            raise GenerationConfigError(f"temperature must be > 0 when sampling, got {self.temperature}")
-
-    @property
-    def spec(self) -> MethodSpec:
-        return SPECS[self.method]
-
-
-@dataclass
-class GenerationResult:
-    """One generated answer and what FASB did while producing it.
-
-    ``trigger_step`` is the number of generated tokens when the probes fired, ``removed_token_ids`` what the
-    backtrack dropped, and ``steered_from`` how many tokens were kept before steered generation began (None
-    when no steered token followed: no trigger, or a trigger that kept the whole budget or a final EOS).
-    """
-
-    text: str
-    token_ids: list[int]
-    triggered: bool = False
-    trigger_step: int | None = None
-    p_true_at_trigger: float | None = None
-    strength: float | None = None
-    removed_token_ids: list[int] = field(default_factory=list)
-    steered_from: int | None = None
-    p_true_trace: list[float] = field(default_factory=list)
-
-    @property
-    def n_removed(self) -> int:
-        """How many generated tokens the backtrack removed."""
-        return len(self.removed_token_ids)
+__all__ = [
+    "METHODS",
+    "GenerationConfig",
+    "GenerationConfigError",
+    "GenerationResult",
+    "generate",
+    "generate_many",
+]
 
 
 @dataclass(eq=False)
@@ -146,10 +77,13 @@ class _Row:
 class _Batch:
     """A rectangular cache shared by rows that each keep their own prefix."""
 
-    def __init__(self, model: TransformerBridge, rows: list[_Row], state: HookState):
+    def __init__(
+        self, model: TransformerBridge, rows: list[_Row], scale: SteeringScale, readout: Readout | None
+    ):
         self.model = model
         self.rows = rows
-        self.state = state
+        self.scale = scale
+        self.readout = readout
         self.cache = None
         self.mask: Tensor | None = None
 
@@ -185,8 +119,9 @@ class _Batch:
         return self._forward(ids, scale)
 
     def _forward(self, ids: Tensor, scale: Tensor) -> Tensor:
-        self.state.scale = scale if bool((scale != 0).any()) else None
-        self.state.captured.clear()
+        self.scale.set(scale if bool((scale != 0).any()) else None)
+        if self.readout is not None:
+            self.readout.values.clear()
         # Only the last position's logits choose a token: skipping the others' unembedding saves most of a
         # prompt's unembedding and half of every two-token step's.
         logits, self.cache = cached_forward(self.model, ids, self.mask, self.cache, logits_to_keep=1)
@@ -228,17 +163,18 @@ def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator
 class _Decoder:
     """FASB's per-row decisions on top of :class:`_Batch`; each row follows its own config."""
 
-    def __init__(self, model: TransformerBridge, steerer: Steerer | None):
+    def __init__(self, model: TransformerBridge, steerer: Intervention | None):
         self.model = model
         self.steerer = steerer
         self.eos = model.tokenizer.eos_token_id
         pad = model.tokenizer.pad_token_id
         self.pad = pad if pad is not None else (self.eos if self.eos is not None else 0)
 
-    def _p_true(self, batch: _Batch) -> Tensor | None:
-        if not batch.state.captured:
+    @staticmethod
+    def _p_true(batch: _Batch) -> Tensor | None:
+        if batch.readout is None or not batch.readout.values:
             return None
-        return self.steerer.captured_p_true(batch.state).float().cpu()
+        return batch.readout.p_true.float().cpu()
 
     def run(
         self, jobs: list[tuple[list[int], GenerationConfig]], first_index: int, prefix: PrefixCache | None
@@ -247,11 +183,13 @@ class _Decoder:
         for i, (prompt, cfg) in enumerate(jobs):
             generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
             rows.append(_Row(index=first_index + i, prompt=prompt, live=[], config=cfg, generator=generator))
-        state = HookState(capture=any(row.config.spec.gated for row in rows))
-        batch = _Batch(self.model, rows, state)
-        finished: list[_Row] = []
         steering = self.steerer is not None and any(row.config.method != "none" for row in rows)
-        hooks = self.steerer.attach(self.model, state) if steering else nullcontext(state)
+        gated = steering and any(row.config.spec.gated for row in rows)
+        readout = Readout(self.steerer, all_positions=False) if gated else None
+        batch = _Batch(self.model, rows, SteeringScale(), readout)
+        finished: list[_Row] = []
+        readers = self.steerer.monitor_hooks(readout) if gated else []
+        hooks = intervening(self.model, self.steerer, batch.scale, readers) if steering else nullcontext()
         with torch.no_grad(), hooks:
             logits = batch.prefill(self.pad, prefix)
             p_true = self._p_true(batch)
@@ -262,7 +200,8 @@ class _Decoder:
                 batch.remove_done()
                 if not batch.rows:
                     break
-                state.capture = any(row.mode == "monitor" for row in batch.rows)
+                if readout is not None:
+                    readout.enabled = any(row.mode == "monitor" for row in batch.rows)
                 logits = batch.step(self.pad)
                 p_true = self._p_true(batch)
                 for r, row in enumerate(batch.rows):
@@ -344,7 +283,7 @@ class _Decoder:
 def generate(
     model: TransformerBridge,
     prompts: Sequence[Prompt],
-    steerer: Steerer | None = None,
+    steerer: Intervention | None = None,
     config: GenerationConfig | None = None,
     *,
     prefix: PrefixCache | None = None,
@@ -356,26 +295,20 @@ def generate(
     Text prompts follow the package's BOS convention; token-id prompts are used as given. Every row is
     monitored, triggered, rolled back and steered independently; results equal batch-size-1 results.
     ``prefix``, a cached prefix the prompts share, saves its recomputation without changing results.
-    ``steerer`` is a :class:`Steerer`, or, for ``iti``, any intervention with its ``attach`` interface (e.g.
-    the CAA baseline's :class:`fasb_tl.caa.ResidualSteerer`).
+    ``steerer`` is a :class:`~fasb_tl.steering.Steerer`, or, for ``iti``, any
+    :class:`~fasb_tl.intervention.Intervention` (e.g. the CAA baseline's :class:`fasb_tl.caa.ResidualSteerer`).
     """
     config = config or GenerationConfig()
-    results = generate_many(
-        model,
-        prompts,
-        steerer,
-        {config.method: config},
-        prefix=prefix,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    return results[config.method]
+    only = {config.method: config}
+    return generate_many(
+        model, prompts, steerer, only, prefix=prefix, batch_size=batch_size, progress=progress
+    )[config.method]
 
 
 def generate_many(
     model: TransformerBridge,
     prompts: Sequence[Prompt],
-    steerer: Steerer | None,
+    steerer: Intervention | None,
     configs: Mapping[str, GenerationConfig],
     *,
     prefix: PrefixCache | None = None,
@@ -391,8 +324,9 @@ def generate_many(
     if not configs:
         raise GenerationConfigError("got no generation config (expected at least one)")
     for name, config in configs.items():
-        if config.method != "none" and steerer is None:
-            raise GenerationConfigError(f"method {config.method!r} ({name}) needs a Steerer (got None)")
+        problem = intervention_problem(config.method, config.spec.gated, steerer)
+        if problem is not None:
+            raise GenerationConfigError(f"{problem} (config {name!r})")
     if batch_size < 1:
         raise GenerationConfigError(f"batch_size must be >= 1, got {batch_size}")
     token_lists = tokenize_prompts(model, prompts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 Gate = Literal["never", "always", "question", "monitor"]
 Vector = Literal["probe", "caa"]
@@ -133,3 +133,44 @@ def first_trigger(
             if trigger is not None:
                 return n, trigger
     return None
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The settings every steering config shares, validated on creation: the one home of these rules.
+
+    Subclasses (``GenerationConfig``, ``ScoringConfig``) name the methods they accept and their error class.
+    ``threshold`` outside ``[0, 1]`` needs ``force_threshold=True`` (to force or forbid every trigger in tests
+    and benchmarks).
+    """
+
+    method: str = "fasb"
+    alpha: float = 15.0
+    threshold: float = 0.6
+    back_steps: int = 10
+    force_threshold: bool = False
+
+    accepted: ClassVar[tuple[str, ...]] = ALL_METHODS
+    error: ClassVar[type[ValueError]] = ValueError
+
+    def __post_init__(self) -> None:
+        self.check_one_of("method", self.accepted)
+        if not self.alpha >= 0 or self.alpha == float("inf"):
+            raise self.error(f"alpha must be >= 0 and finite, got {self.alpha}")
+        if not self.force_threshold and not 0.0 <= self.threshold <= 1.0:
+            raise self.error(
+                f"threshold must be in [0, 1], got {self.threshold} (pass force_threshold=True to allow it)"
+            )
+        if self.back_steps < 0:
+            raise self.error(f"back_steps must be >= 0, got {self.back_steps}")
+
+    def check_one_of(self, name: str, allowed: Sequence[str]) -> None:
+        """Raise the config's error unless the setting ``name`` is one of ``allowed``."""
+        value = getattr(self, name)
+        if value not in allowed:
+            raise self.error(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's row of :data:`METHOD_SPECS`."""
+        return SPECS[self.method]

@@ -22,31 +22,26 @@ Protocols for the steering methods:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from fasb_tl.activations import pad_batch
-from fasb_tl.attention import cached_forward
+from fasb_tl.intervention import Intervention, intervention_problem
 from fasb_tl.methods import (
     DECODE_METHODS,
     MONITORING_METHODS,
-    SPECS,
-    MethodSpec,
+    MethodSettings,
     decide,
     first_trigger,
     scoring_checks,
 )
 from fasb_tl.models import check_context, encode
 from fasb_tl.prefix import PrefixCache
-from fasb_tl.steering import HookState, Steerer
+from fasb_tl.teacher_forcing import Pass, teacher_forced
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -54,6 +49,7 @@ if TYPE_CHECKING:
 ScoringMethod = Literal["none", "iti", "question", "no_backtrack", "fixed", "fasb"]
 SCORING_METHODS = DECODE_METHODS
 Protocol = Literal["paper", "question"]
+PROTOCOLS = ("paper", "question")
 # The monitored methods can decide per candidate (paper) or per question; the others have one way.
 PROTOCOL_METHODS = MONITORING_METHODS
 
@@ -63,31 +59,18 @@ class ScoringConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class ScoringConfig:
+class ScoringConfig(MethodSettings):
     """How choices are scored; ``method="question"`` is FASB under the ``question`` protocol."""
 
     method: ScoringMethod = "fasb"
     protocol: Protocol = "paper"
-    alpha: float = 15.0
-    threshold: float = 0.6
-    back_steps: int = 10
-    force_threshold: bool = False
+
+    accepted = SCORING_METHODS
+    error = ScoringConfigError
 
     def __post_init__(self) -> None:
-        if self.method not in SCORING_METHODS:
-            raise ScoringConfigError(f"method must be one of {SCORING_METHODS}, got {self.method!r}")
-        if self.protocol not in ("paper", "question"):
-            raise ScoringConfigError(f"protocol must be 'paper' or 'question', got {self.protocol!r}")
-        if not self.alpha >= 0:
-            raise ScoringConfigError(f"alpha must be >= 0, got {self.alpha}")
-        if not self.force_threshold and not 0.0 <= self.threshold <= 1.0:
-            raise ScoringConfigError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.back_steps < 0:
-            raise ScoringConfigError(f"back_steps must be >= 0, got {self.back_steps}")
-
-    @property
-    def spec(self) -> MethodSpec:
-        return SPECS[self.method]
+        super().__post_init__()
+        self.check_one_of("protocol", PROTOCOLS)
 
     @property
     def effective_protocol(self) -> Protocol:
@@ -141,135 +124,6 @@ def answer_tokens(model: TransformerBridge, context: str, continuation: str) -> 
     return full, max(start, 1)
 
 
-@dataclass
-class _Pass:
-    scores: Tensor
-    p_true: list[Tensor | None]
-
-
-def _context_batches(
-    groups: list[tuple[list[int], list[int]]], batch_size: int
-) -> list[list[tuple[list[int], list[int]]]]:
-    """Consecutive runs of ``(context, members)`` groups holding at most ``batch_size`` options (a larger
-    group stands alone). Groups without a context (the answer starts right after BOS) never share a batch
-    with the others, so no row of a context pass is all padding."""
-    batches: list[list[tuple[list[int], list[int]]]] = []
-    size = 0
-    for group in groups:
-        fits = batches and size + len(group[1]) <= batch_size
-        if not fits or bool(batches[-1][0][0]) != bool(group[0]):
-            batches.append([])
-            size = 0
-        batches[-1].append(group)
-        size += len(group[1])
-    return batches
-
-
-def _select_rows(cache: Any, rows: Tensor, copy_first: bool) -> Any:
-    """The cache rows ``rows`` (repeats allowed), on a copy when the original is still needed."""
-    selected = copy.deepcopy(cache) if copy_first else cache
-    selected.batch_select_indices(rows)
-    return selected
-
-
-def _teacher_forced(
-    model: TransformerBridge,
-    items: list[tuple[list[int], int]],
-    steerer: Steerer | None,
-    steer_from: list[tuple[int, float] | None],
-    capture: bool,
-    prefix: PrefixCache | None,
-    batch_size: int,
-    desc: str,
-    progress: bool,
-) -> _Pass:
-    """One teacher-forced pass over every item: answer log-likelihoods, optional steering (from a position on,
-    at a scale) and optional p_true at every answer position.
-
-    Items that share a context (the options of one question) share its computation, and the contexts of
-    several questions run together: one unsteered pass over the contexts up to their last token (left-padded
-    on top of the shared prefix's cache), then one pass over the options (last context token + answer), each
-    row continuing its own question's cache. Steering never starts before the last context token, so the
-    cached part is the same with or without it. The options are left-padded, so every row's answer ends in
-    the last column and only the last columns are unembedded.
-    """
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    device = model.cfg.device
-    by_context: dict[tuple[int, ...], list[int]] = {}
-    for index, (full, start) in enumerate(items):
-        by_context.setdefault(tuple(full[: start - 1]), []).append(index)
-    # Questions whose answers (then contexts) have similar lengths batch with little padding; most of the
-    # computed positions are answer positions, and only those are unembedded.
-    groups = sorted(
-        ((list(c), m) for c, m in by_context.items()),
-        key=lambda group: (
-            bool(group[0]),
-            max(len(items[i][0]) - len(group[0]) for i in group[1]),
-            len(group[0]),
-        ),
-    )
-    scores = torch.zeros(len(items), dtype=torch.float64)
-    p_true: list[Tensor | None] = [None] * len(items)
-    state = HookState(capture=False, all_positions=True)
-    hooks = steerer.attach(model, state) if steerer is not None else nullcontext()
-    bar = tqdm(total=len(items), desc=desc, unit="answer", disable=not progress, leave=False)
-    with torch.no_grad(), hooks:
-        for batch in _context_batches(groups, batch_size):
-            contexts = [context for context, _ in batch]
-            cache, context_mask = None, torch.zeros(len(batch), 0, dtype=torch.long)
-            if contexts[0]:
-                shared = prefix.shared_length(contexts) if prefix is not None else 0
-                ids, mask, _ = pad_batch([c[shared:] for c in contexts], pad, "left")
-                context_mask = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), mask], dim=1)
-                state.scale, state.capture = None, False
-                _, cache = cached_forward(
-                    model, ids, context_mask, prefix.expand(len(batch), shared) if shared else None
-                )
-            members = [(g, i) for g, (_, indices) in enumerate(batch) for i in indices]
-            chunks = [members[first : first + batch_size] for first in range(0, len(members), batch_size)]
-            for number, chunk in enumerate(chunks):
-                owners = torch.tensor([g for g, _ in chunk], dtype=torch.long)
-                tails = [items[i][0][len(contexts[g]) :] for g, i in chunk]
-                ids, mask, offsets = pad_batch(tails, pad, "left")
-                scale = torch.zeros(ids.shape, dtype=torch.float32)
-                for row, (g, i) in enumerate(chunk):
-                    if steer_from[i] is not None:
-                        position, value = steer_from[i]
-                        scale[row, int(offsets[row]) + position - len(contexts[g]) :] = value
-                state.scale = scale if bool((scale != 0).any()) else None
-                state.capture = capture
-                state.captured.clear()
-                # Columns from the first scored position on: the answer plus the last context token.
-                keep = max(len(items[i][0]) - items[i][1] + 1 for _, i in chunk)
-                chunk_cache = (
-                    _select_rows(cache, owners.to(device), number < len(chunks) - 1)
-                    if cache is not None
-                    else None
-                )
-                logits, _ = cached_forward(
-                    model,
-                    ids,
-                    torch.cat([context_mask[owners], mask], dim=1),
-                    chunk_cache,
-                    logits_to_keep=keep,
-                )
-                log_probs = torch.log_softmax(logits.float().cpu(), dim=-1)
-                batch_p = (
-                    steerer.captured_p_true(state).float().cpu() if capture and steerer is not None else None
-                )
-                for row, (_, i) in enumerate(chunk):
-                    full, start = items[i]
-                    answer = len(full) - start
-                    targets = torch.tensor(full[start:])
-                    picked = log_probs[row, keep - 1 - answer : keep - 1].gather(1, targets[:, None])
-                    scores[i] = picked.sum()
-                    if batch_p is not None:
-                        p_true[i] = batch_p[row, ids.shape[1] - 1 - answer :]
-                bar.update(len(chunk))
-    bar.close()
-    return _Pass(scores=scores, p_true=p_true)
-
-
 def _paper_decision(
     p_true: Tensor, start: int, length: int, config: ScoringConfig
 ) -> tuple[int, float] | None:
@@ -292,7 +146,7 @@ def _paper_decision(
     return start - 1 + trigger.kept, trigger.strength
 
 
-def _decisions(config: ScoringConfig, items: list[tuple[list[int], int]], base: _Pass) -> list:
+def _decisions(config: ScoringConfig, items: list[tuple[list[int], int]], base: Pass) -> list:
     """Per pair: ``(first steered position, strength)`` or ``None``, as ``config``'s protocol decides."""
     if config.spec.gate == "never":
         return [None] * len(items)
@@ -313,11 +167,11 @@ def score_choices_many(
     model: TransformerBridge,
     contexts: Sequence[str],
     options: Sequence[Sequence[str]],
-    steerer: Steerer | None,
+    steerer: Intervention | None,
     configs: Mapping[str, ScoringConfig],
     *,
     prefix: PrefixCache | None = None,
-    interventions: Mapping[str, Steerer] | None = None,
+    interventions: Mapping[str, Intervention] | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, list[ChoiceScores]]:
@@ -325,14 +179,15 @@ def score_choices_many(
 
     One unsteered pass (reading p_true at every answer position) is shared by all configs; each config then
     re-scores only the options it steers. ``prefix``, a cached prefix of the contexts, changes speed only.
-    ``interventions`` maps a config name to another Steerer that does the steering for it (e.g. a
-    :func:`~fasb_tl.steering.control_steerer`), while ``steerer``'s probes still make every decision.
+    ``interventions`` maps a config name to another intervention that does the steering for it (e.g. a
+    :func:`~fasb_tl.fitting.control_steerer`), while ``steerer``'s probes still make every decision.
     """
     if len(contexts) != len(options):
         raise ValueError(f"got {len(contexts)} contexts for {len(options)} option lists")
     for name, config in configs.items():
-        if config.method != "none" and steerer is None:
-            raise ScoringConfigError(f"scoring method {config.method!r} ({name}) needs a Steerer (got None)")
+        problem = intervention_problem(config.method, config.spec.gated, steerer)
+        if problem is not None:
+            raise ScoringConfigError(f"scoring {problem} (config {name!r})")
     owners, items = [], []
     for index, (context, choices) in enumerate(zip(contexts, options)):
         if len(choices) == 0:
@@ -344,7 +199,7 @@ def score_choices_many(
             items.append((full, start))
     monitored = any(c.method not in ("none", "iti") for c in configs.values())
     monitor = steerer if monitored else None
-    base = _teacher_forced(
+    base = teacher_forced(
         model, items, monitor, [None] * len(items), monitored, prefix, batch_size, "score", progress
     )
     by_item: list[list[int]] = [[] for _ in contexts]
@@ -371,7 +226,7 @@ def score_choices_many(
     for acting_id in dict.fromkeys(signature[0] for signature in reruns):
         signatures = [signature for signature in reruns if signature[0] == acting_id]
         pairs = [(signature, i) for signature in signatures for i in reruns[signature]]
-        rerun = _teacher_forced(
+        rerun = teacher_forced(
             model,
             [items[i] for _, i in pairs],
             actors[acting_id],
@@ -407,7 +262,7 @@ def score_choices(
     model: TransformerBridge,
     contexts: Sequence[str],
     options: Sequence[Sequence[str]],
-    steerer: Steerer | None,
+    steerer: Intervention | None,
     config: ScoringConfig,
     *,
     prefix: PrefixCache | None = None,
@@ -415,15 +270,9 @@ def score_choices(
     progress: bool = True,
 ) -> list[ChoiceScores]:
     """Score every option of every item under one ``config`` (see :func:`score_choices_many`)."""
+    only = {config.method: config}
     results = score_choices_many(
-        model,
-        contexts,
-        options,
-        steerer,
-        {config.method: config},
-        prefix=prefix,
-        batch_size=batch_size,
-        progress=progress,
+        model, contexts, options, steerer, only, prefix=prefix, batch_size=batch_size, progress=progress
     )
     return results[config.method]
 

@@ -17,7 +17,8 @@ import torch
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.calibration import ThresholdCalibration, calibration_path
 from fasb_tl.evaluation.sharding import load_or_compute
-from fasb_tl.steering import Steerer, SteererFormatError, model_meta, steerer_from_activations
+from fasb_tl.fitting import model_meta, steerer_from_activations
+from fasb_tl.steering import Steerer, SteererFormatError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -110,7 +111,7 @@ def fit_on_bank(
         n_val=int(bank.groups[is_val].unique().numel()),
         **provenance,
     )
-    steerer, _ = steerer_from_activations(
+    steerer = steerer_from_activations(
         acts[~is_val],
         bank.labels[~is_val],
         acts[is_val],

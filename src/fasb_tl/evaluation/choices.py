@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from fasb_tl.distributed import sharded_map
 from fasb_tl.evaluation.rows import RowSpec, run_rows
 from fasb_tl.evaluation.variants import PLAIN, Variant
+from fasb_tl.fitting import control_steerer
 from fasb_tl.scoring import ChoiceScores, ScoringConfig, named_configs, score_choices_many
-from fasb_tl.steering import Steerer, control_steerer
+from fasb_tl.steering import Steerer
 
 if TYPE_CHECKING:
     from pathlib import Path

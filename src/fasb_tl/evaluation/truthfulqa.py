@@ -36,10 +36,11 @@ from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice
 from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.rows import RowSpec, row_identity
 from fasb_tl.evaluation.variants import PLAIN, Variant
+from fasb_tl.fitting import control_steerer
 from fasb_tl.methods import ALL_METHODS
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
 from fasb_tl.scoring import ChoiceScores
-from fasb_tl.steering import Steerer, control_steerer
+from fasb_tl.steering import Steerer
 
 GENERATION_METHODS = ALL_METHODS
 MC_METHODS = GENERATION_METHODS

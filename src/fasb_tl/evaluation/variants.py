@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fasb_tl.directions import CONTROL_KINDS
 from fasb_tl.methods import CONTROLLED_METHODS, GATED_METHODS
-from fasb_tl.steering import CONTROLS
 
 THRESHOLD_MODES = ("fixed", "calibrated")
 
@@ -27,8 +27,8 @@ class Variant:
     calibrated: bool = False
 
     def __post_init__(self) -> None:
-        if self.control is not None and self.control not in CONTROLS:
-            raise ValueError(f"control must be one of {CONTROLS} or None, got {self.control!r}")
+        if self.control is not None and self.control not in CONTROL_KINDS:
+            raise ValueError(f"control must be one of {CONTROL_KINDS} or None, got {self.control!r}")
         if self.control is not None and self.calibrated:
             raise ValueError("a variant is either a control or the calibrated threshold, not both")
 
@@ -69,9 +69,9 @@ def plan_variants(
 ) -> list[Variant]:
     """The plain variant (always), each requested control (``n_random`` seeds for ``random``), then the
     calibrated threshold when ``thresholds`` has ``"calibrated"``."""
-    unknown = [c for c in controls if c not in CONTROLS]
+    unknown = [c for c in controls if c not in CONTROL_KINDS]
     if unknown:
-        raise ValueError(f"unknown control(s) {unknown}: expected some of {CONTROLS}")
+        raise ValueError(f"unknown control(s) {unknown}: expected some of {CONTROL_KINDS}")
     unknown = [t for t in thresholds if t not in THRESHOLD_MODES]
     if unknown:
         raise ValueError(f"unknown threshold mode(s) {unknown}: expected some of {THRESHOLD_MODES}")
