@@ -33,7 +33,9 @@ LAYERS: list[set[str]] = [
     {"generation", "scoring", "caa", "text_baseline"},
     {"calibration", "plotting"},
     {"evaluation"},
+    {"run_config"},
     {"bench", "demo"},
+    {"cli_args"},
     {"cli"},
 ]
 # (importer, imported) pairs of one layer that are allowed; none are.

@@ -12,9 +12,9 @@ from fasb_tl.evaluation.multichoice_data import (
     TASKS,
     ChoiceRecord,
     load_task,
-    parse_winogrande_instruction,
     sample,
 )
+from fasb_tl.evaluation.multichoice_loaders import parse_winogrande_instruction
 
 ALL_TASKS = TASKS + ALTERNATIVE_TASKS
 

@@ -27,6 +27,7 @@ from fasb_tl.data import QARecord, Split, dataset_splits, generation_prompt, loa
 from fasb_tl.fitting import fit_steerer
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.probes import HeadProbes
+from fasb_tl.run_config import RunConfig
 from fasb_tl.steering import Steerer
 
 
@@ -84,16 +85,11 @@ class PeakRSS:
 
 
 @dataclass(frozen=True)
-class BenchConfig:
-    """What the benchmark runs: model, number of prompts, new tokens and the FASB settings."""
+class BenchConfig(RunConfig):
+    """What the benchmark runs: the model and FASB settings of :class:`RunConfig`, the number of prompts and
+    the timed repeats of the fit and extraction stages."""
 
-    model: str = "smollm2-135m-instruct"
     n_prompts: int = 16
-    max_new_tokens: int = 50
-    back_steps: int = 10
-    alpha: float = 15.0
-    k: int = 24
-    seed: int = 42
     repeats: int = 3
 
     def __post_init__(self) -> None:

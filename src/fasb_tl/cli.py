@@ -5,26 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from fasb_tl.data import DATASETS
-from fasb_tl.data.prompts import PROBE_FORMATS
-from fasb_tl.methods import ALL_METHODS
-
-DATA_DIR_HELP = (
-    "folder with one subfolder per dataset (default: $FASB_TL_DATA, else the repository's data/, else the "
-    "TruthfulQA copy installed with the package)"
-)
-
-
-def _add_placement_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="one device for the whole model (cpu, cuda:0, ...)")
-    parser.add_argument(
-        "--device-map",
-        default=None,
-        help="accelerate device map over several GPUs, e.g. auto (not with --device)",
-    )
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+from fasb_tl.cli_args import GRID_SETTINGS, command_parser
 
 
 def _load(args: argparse.Namespace, shard=None):
@@ -39,26 +23,6 @@ def _load(args: argparse.Namespace, shard=None):
     if device is None and args.device_map is None and shard is not None and shard.distributed:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     return load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map)
-
-
-def _add_model_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="model name, local HF folder or Hub id"
-    )
-    _add_placement_options(parser)
-    parser.add_argument("--dataset", default="builtin", choices=DATASETS)
-    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    parser.add_argument("--folds", type=int, default=2, help="number of question folds")
-    parser.add_argument("--fold", type=int, default=0, help="which fold is held out as the test set")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=42)
-
-
-def _add_fit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--k", type=int, default=24, help="number of heads to steer")
-    parser.add_argument("--direction", default="mass_mean", choices=("mass_mean", "probe", "random"))
-    parser.add_argument("--backend", default="torch", choices=("torch", "sklearn"))
-    parser.add_argument("--batch-size", type=int, default=16)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -120,17 +84,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on the embedded model."""
     from fasb_tl.demo import DemoConfig, run_demo
 
-    run_demo(
-        DemoConfig(
-            model=args.model,
-            alpha=args.alpha,
-            threshold=args.threshold,
-            back_steps=args.back_steps,
-            n_show=args.n_show,
-            out=args.out,
-        )
-    )
+    run_demo(_config(DemoConfig, args))
     return 0
+
+
+def _config(config_class, args: argparse.Namespace):
+    """A ``config_class`` dataclass with each field the command has an option for set from it; its other
+    fields keep their defaults."""
+    return config_class(
+        **{f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
+    )
 
 
 def _split(text: str) -> list[str]:
@@ -201,7 +164,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fasb_tl.evaluation.runner import run_plan, sweep_plans
 
     grid = {}
-    for name, cast in (("alpha", float), ("threshold", float), ("back_steps", int), ("k", int)):
+    for name, cast in GRID_SETTINGS.items():
         values = getattr(args, f"grid_{name}")
         if values:
             grid[name] = [cast(v) for v in _split(values)]
@@ -219,147 +182,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_eval_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    _add_placement_options(parser)
-    parser.add_argument(
-        "--task",
-        default="truthfulqa",
-        help="truthfulqa, copa, storycloze, nli, mmlu, sst2, winogrande, xnli_en, a comma list, or all",
-    )
-    parser.add_argument(
-        "--methods", default=",".join(ALL_METHODS), help=f"a comma list of {', '.join(ALL_METHODS)}"
-    )
-    parser.add_argument(
-        "--caa-layer", type=int, default=None, help="CAA residual layer (default: the middle)"
-    )
-    parser.add_argument("--caa-multiplier", type=float, default=1.0, help="CAA vector multiplier")
-    parser.add_argument(
-        "--protocols", default="paper,question", help="MC protocols for the monitored methods"
-    )
-    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    parser.add_argument("--k", type=int, default=24)
-    parser.add_argument("--alpha", type=float, default=15.0)
-    parser.add_argument("--threshold", type=float, default=0.6)
-    parser.add_argument("--back-steps", type=int, default=10)
-    parser.add_argument("--history", default="reference", choices=("reference", "persistent"))
-    parser.add_argument("--max-new-tokens", type=int, default=50)
-    parser.add_argument("--n-mc", type=int, default=None, help="TruthfulQA MC questions (default: all 817)")
-    parser.add_argument(
-        "--n-gen", type=int, default=200, help="TruthfulQA generation questions (seeded subset)"
-    )
-    parser.add_argument("--n-items", type=int, default=200, help="evaluation items per multiple-choice task")
-    parser.add_argument("--n-pool", type=int, default=300, help="probe-pool items per multiple-choice task")
-    parser.add_argument(
-        "--judges",
-        default="bleu-proxy,rouge1-proxy,info-proxy",
-        help="bleu-proxy, rouge1-proxy, info-proxy, allenai-truth, allenai-info",
-    )
-    parser.add_argument("--no-generation", action="store_true", help="skip TruthfulQA generation")
-    parser.add_argument(
-        "--detection",
-        action="store_true",
-        help="also compare the head probes with a text-only detector on each TruthfulQA test fold",
-    )
-    parser.add_argument("--no-mc", action="store_true", help="skip TruthfulQA multiple choice")
-    parser.add_argument(
-        "--controls",
-        default="",
-        help="comma-separated direction controls run beside every steering method: reversed, random",
-    )
-    parser.add_argument("--n-random", type=int, default=3, help="seeds of the random-direction control")
-    parser.add_argument(
-        "--thresholds",
-        default="fixed",
-        help="fixed (the --threshold value) and/or calibrated (per fold, on held-out answers in the "
-        "generation format; TruthfulQA only)",
-    )
-    parser.add_argument("--out", default="runs/eval")
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure decoding, monitoring, backtracking, probe fitting and extraction side by side."""
     from fasb_tl.bench import BenchConfig, run_bench
 
-    config = BenchConfig(
-        model=args.model,
-        n_prompts=args.n_prompts,
-        max_new_tokens=args.max_new_tokens,
-        k=args.k,
-        repeats=args.repeats,
-    )
-    run_bench(config, args.out)
+    run_bench(_config(BenchConfig, args), args.out)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fasb`` argument parser."""
-    parser = argparse.ArgumentParser(prog="fasb", description="FASB activation steering on TransformerLens")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    fit = commands.add_parser("fit", help="fit per-head probes and save a Steerer + heatmap")
-    _add_model_data_options(fit)
-    _add_fit_options(fit)
-    fit.add_argument("--out", default="runs/steerer", help="Steerer folder to write")
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing Steerer folder")
-    fit.add_argument(
-        "--probe-format",
-        default="qa",
-        choices=PROBE_FORMATS,
-        help="probe bank as the paper's 'Q: A:' prompts or in the generation prompt format",
+    """The ``fasb`` argument parser (options in :mod:`fasb_tl.cli_args`), each command with its handler."""
+    return command_parser(
+        {"fit": cmd_fit, "demo": cmd_demo, "eval": cmd_eval, "sweep": cmd_sweep, "bench": cmd_bench}
     )
-    fit.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="also calibrate the threshold on the validation answers in the generation format",
-    )
-    fit.add_argument("--back-steps", type=int, default=10, help="back_steps the calibration assumes")
-    fit.set_defaults(handler=cmd_fit)
-
-    demo = commands.add_parser(
-        "demo", help="fit, generate and score end to end on the embedded model (offline)"
-    )
-    demo.add_argument("--model", default="smollm2-135m-instruct")
-    demo.add_argument("--alpha", type=float, default=15.0)
-    demo.add_argument("--threshold", type=float, default=0.45)
-    demo.add_argument("--back-steps", type=int, default=10)
-    demo.add_argument("--n-show", type=int, default=4, help="held-out questions to answer side by side")
-    demo.add_argument("--out", default="runs/demo")
-    demo.set_defaults(handler=cmd_demo)
-
-    evaluate = commands.add_parser(
-        "eval", help="evaluate methods on TruthfulQA and the six MC tasks (resumable)"
-    )
-    _add_eval_options(evaluate)
-    evaluate.set_defaults(handler=cmd_eval)
-
-    sweep = commands.add_parser("sweep", help="evaluate over a grid of alpha, threshold, back_steps and K")
-    _add_eval_options(sweep)
-    for name in ("alpha", "threshold", "back_steps", "k"):
-        sweep.add_argument(
-            f"--grid-{name.replace('_', '-')}",
-            dest=f"grid_{name}",
-            default="",
-            help=f"comma-separated values of {name}",
-        )
-    sweep.set_defaults(handler=cmd_sweep)
-
-    bench = commands.add_parser(
-        "bench",
-        help="side-by-side cost of plain decoding vs FASB (analysis/benchmark.py "
-        "adds the released code's loop)",
-    )
-    bench.add_argument("--model", default="smollm2-135m-instruct")
-    bench.add_argument("--n-prompts", type=int, default=16)
-    bench.add_argument("--max-new-tokens", type=int, default=50)
-    bench.add_argument("--k", type=int, default=24)
-    bench.add_argument(
-        "--repeats", type=int, default=3, help="timed repeats of the fit and extraction stages"
-    )
-    bench.add_argument("--out", default="runs/bench")
-    bench.set_defaults(handler=cmd_bench)
-
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

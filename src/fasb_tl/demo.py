@@ -21,23 +21,19 @@ from fasb_tl.generation import GenerationConfig, GenerationResult, generate_many
 from fasb_tl.models import load_model, model_name
 from fasb_tl.plotting import plot_head_accuracy, save_figure
 from fasb_tl.prefix import build_prefix_cache
+from fasb_tl.run_config import RunConfig
 from fasb_tl.scoring import ScoringConfig, score_choices_many
 from fasb_tl.steering import ModelMismatchError, Steerer, SteererFormatError
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """Settings of the demo. ``threshold`` 0.45 is below the 0.42-0.56 band where SmolLM2's probes sit in the
-    few-shot generation format, so FASB triggers on some answers only (the paper's 0.6 fires on all)."""
+class DemoConfig(RunConfig):
+    """Settings of the demo: those of :class:`RunConfig` and the ones below. ``threshold`` 0.45 is below the
+    0.42-0.56 band where SmolLM2's probes sit in the few-shot generation format, so FASB triggers on some
+    answers only (the paper's 0.6 fires on all)."""
 
-    model: str = "smollm2-135m-instruct"
-    k: int = 24
-    alpha: float = 15.0
     threshold: float = 0.45
-    back_steps: int = 10
-    max_new_tokens: int = 50
     n_show: int = 4
-    seed: int = 42
     batch_size: int = 32
     out: str = "runs/demo"
 

@@ -117,75 +117,81 @@ def _tiny_tokenizer():
 # Tiny random models of each architecture the decode loop is tested on: 4 heads of d_head 16. The
 # sliding-window ones use a window of 8 so that short test prompts already fill it.
 TINY_WINDOW = 8
-TINY_ARCHITECTURES = ("llama", "gpt2", "gpt-neox", "qwen2", "mistral", "gemma3")
+_TINY_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 1024,
+    "initializer_range": 0.2,
+    "tie_word_embeddings": False,
+}
+_TINY_ROTARY = {**_TINY_SHAPE, "num_key_value_heads": 2}
+_TINY_GPT2 = {
+    "n_embd": 64,
+    "n_layer": 3,
+    "n_head": 4,
+    "n_inner": 128,
+    "n_positions": 1024,
+    "initializer_range": 0.2,
+}
+# architecture -> (transformers config class, model class, config parameters besides the special tokens)
+_TINY_SPECS: dict[str, tuple[str, str, dict]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {**_TINY_ROTARY, "num_hidden_layers": 2, "head_dim": 16}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", _TINY_GPT2),
+    "gpt-neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**_TINY_SHAPE, "num_hidden_layers": 3}),
+    # Layer 0 full attention, layers 1-2 sliding.
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        {
+            **_TINY_ROTARY,
+            "num_hidden_layers": 3,
+            "use_sliding_window": True,
+            "sliding_window": TINY_WINDOW,
+            "max_window_layers": 1,
+        },
+    ),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        {**_TINY_ROTARY, "num_hidden_layers": 3, "head_dim": 16, "sliding_window": TINY_WINDOW},
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {
+            **_TINY_ROTARY,
+            "num_hidden_layers": 3,
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": TINY_WINDOW,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        },
+    ),
+}
+TINY_ARCHITECTURES = tuple(_TINY_SPECS)
+
+
+def _tiny_spec(architecture: str) -> tuple[str, str, dict]:
+    """The table row of a tiny architecture; the one place an unknown name is refused."""
+    if architecture not in _TINY_SPECS:
+        raise ModelNotAvailableError(
+            f"unknown tiny architecture {architecture!r}: expected one of {', '.join(TINY_ARCHITECTURES)}"
+        )
+    return _TINY_SPECS[architecture]
 
 
 def _tiny_config(architecture: str, vocab: dict[str, int]):
     import transformers
 
+    config_class, model_class, parameters = _tiny_spec(architecture)
     special = {
         "vocab_size": len(vocab),
         "pad_token_id": vocab["<pad>"],
         "bos_token_id": vocab["<s>"],
         "eos_token_id": vocab["</s>"],
     }
-    rotary = {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 1024,
-        "initializer_range": 0.2,
-        "tie_word_embeddings": False,
-        **special,
-    }
-    if architecture == "llama":
-        return transformers.LlamaConfig(**rotary, num_hidden_layers=2, head_dim=16), "LlamaForCausalLM"
-    if architecture == "gpt2":
-        config = transformers.GPT2Config(
-            n_embd=64, n_layer=3, n_head=4, n_inner=128, n_positions=1024, initializer_range=0.2, **special
-        )
-        return config, "GPT2LMHeadModel"
-    if architecture == "gpt-neox":
-        config = transformers.GPTNeoXConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=1024,
-            initializer_range=0.2,
-            tie_word_embeddings=False,
-            **special,
-        )
-        return config, "GPTNeoXForCausalLM"
-    if architecture == "qwen2":
-        # Layer 0 full attention, layers 1-2 sliding.
-        config = transformers.Qwen2Config(
-            **rotary,
-            num_hidden_layers=3,
-            use_sliding_window=True,
-            sliding_window=TINY_WINDOW,
-            max_window_layers=1,
-        )
-        return config, "Qwen2ForCausalLM"
-    if architecture == "mistral":
-        config = transformers.MistralConfig(
-            **rotary, num_hidden_layers=3, head_dim=16, sliding_window=TINY_WINDOW
-        )
-        return config, "MistralForCausalLM"
-    if architecture == "gemma3":
-        config = transformers.Gemma3TextConfig(
-            **rotary,
-            num_hidden_layers=3,
-            head_dim=16,
-            query_pre_attn_scalar=16,
-            sliding_window=TINY_WINDOW,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        )
-        return config, "Gemma3ForCausalLM"
-    raise ModelNotAvailableError(
-        f"unknown tiny architecture {architecture!r}: expected one of {', '.join(TINY_ARCHITECTURES)}"
-    )
+    return getattr(transformers, config_class)(**parameters, **special), model_class
 
 
 def _build_tiny_model(architecture: str, out: Path) -> None:
@@ -202,10 +208,7 @@ def _build_tiny_model(architecture: str, out: Path) -> None:
 
 def tiny_model_dir(architecture: str = "llama") -> Path:
     """The folder of a tiny random test model (built once, deterministically, without network)."""
-    if architecture not in TINY_ARCHITECTURES:
-        raise ModelNotAvailableError(
-            f"unknown tiny architecture {architecture!r}: expected one of {', '.join(TINY_ARCHITECTURES)}"
-        )
+    _tiny_spec(architecture)
     folder = "tiny-random-llama-v1" if architecture == "llama" else f"tiny-random-{architecture}-v1"
     return publish_dir(lambda tmp: _build_tiny_model(architecture, tmp), cache_root() / folder)
 

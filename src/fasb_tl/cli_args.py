@@ -1,0 +1,194 @@
+"""The options of the ``fasb`` commands: one argument parser per command, built from one table of the
+options several commands share. :mod:`fasb_tl.cli` attaches a handler to each command."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+
+from fasb_tl.data import DATASETS
+from fasb_tl.data.prompts import PROBE_FORMATS
+from fasb_tl.directions import DIRECTION_KINDS
+from fasb_tl.generation_config import HISTORIES
+from fasb_tl.methods import ALL_METHODS
+from fasb_tl.probes import BACKENDS
+from fasb_tl.run_config import RunConfig
+
+DATA_DIR_HELP = (
+    "folder with one subfolder per dataset (default: $FASB_TL_DATA, else the repository's data/, else the "
+    "TruthfulQA copy installed with the package)"
+)
+
+# The options more than one command takes, each spelled once; their defaults are RunConfig's where it has one.
+SHARED_OPTIONS: dict[str, dict] = {
+    "--model": {"default": RunConfig.model, "help": "model name, local HF folder or Hub id"},
+    "--data-dir": {"default": None, "help": DATA_DIR_HELP},
+    "--k": {"type": int, "default": RunConfig.k, "help": "number of heads to steer"},
+    "--alpha": {"type": float, "default": RunConfig.alpha},
+    "--threshold": {"type": float, "default": 0.6},
+    "--back-steps": {"type": int, "default": RunConfig.back_steps},
+    "--max-new-tokens": {"type": int, "default": RunConfig.max_new_tokens},
+}
+
+
+def add_shared(parser: argparse.ArgumentParser, *flags: str, **changes: dict) -> None:
+    """Add the ``flags`` of :data:`SHARED_OPTIONS`; ``changes`` maps an option's name (``back_steps``) to the
+    keywords that differ for this command (another default or help)."""
+    for flag in flags:
+        parser.add_argument(flag, **{**SHARED_OPTIONS[flag], **changes.get(flag[2:].replace("-", "_"), {})})
+
+
+def add_placement_options(parser: argparse.ArgumentParser) -> None:
+    """Where the model goes: one device, an accelerate device map, and the dtype."""
+    parser.add_argument("--device", default=None, help="one device for the whole model (cpu, cuda:0, ...)")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="accelerate device map over several GPUs, e.g. auto (not with --device)",
+    )
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """``fasb fit``: model, dataset and fold, the Steerer's settings, where it goes, and the calibration."""
+    add_shared(parser, "--model")
+    add_placement_options(parser)
+    parser.add_argument("--dataset", default="builtin", choices=DATASETS)
+    add_shared(parser, "--data-dir")
+    parser.add_argument("--folds", type=int, default=2, help="number of question folds")
+    parser.add_argument("--fold", type=int, default=0, help="which fold is held out as the test set")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=RunConfig.seed)
+    add_shared(parser, "--k")
+    parser.add_argument("--direction", default="mass_mean", choices=DIRECTION_KINDS)
+    parser.add_argument("--backend", default="torch", choices=BACKENDS)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", default="runs/steerer", help="Steerer folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing Steerer folder")
+    parser.add_argument(
+        "--probe-format",
+        default="qa",
+        choices=PROBE_FORMATS,
+        help="probe bank as the paper's 'Q: A:' prompts or in the generation prompt format",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also calibrate the threshold on the validation answers in the generation format",
+    )
+    add_shared(parser, "--back-steps", back_steps={"help": "back_steps the calibration assumes"})
+
+
+def add_demo_options(parser: argparse.ArgumentParser) -> None:
+    """``fasb demo``: the fields of :class:`~fasb_tl.demo.DemoConfig` it lets one change."""
+    add_shared(parser, "--model", "--alpha", "--threshold", "--back-steps", threshold={"default": 0.45})
+    parser.add_argument("--n-show", type=int, default=4, help="held-out questions to answer side by side")
+    parser.add_argument("--out", default="runs/demo")
+
+
+def add_eval_options(parser: argparse.ArgumentParser) -> None:
+    """``fasb eval`` (and ``fasb sweep``): model, tasks, methods, steering settings, sizes, judges, controls."""
+    add_shared(parser, "--model")
+    add_placement_options(parser)
+    parser.add_argument(
+        "--task",
+        default="truthfulqa",
+        help="truthfulqa, copa, storycloze, nli, mmlu, sst2, winogrande, xnli_en, a comma list, or all",
+    )
+    parser.add_argument(
+        "--methods", default=",".join(ALL_METHODS), help=f"a comma list of {', '.join(ALL_METHODS)}"
+    )
+    parser.add_argument(
+        "--caa-layer", type=int, default=None, help="CAA residual layer (default: the middle)"
+    )
+    parser.add_argument("--caa-multiplier", type=float, default=1.0, help="CAA vector multiplier")
+    parser.add_argument(
+        "--protocols", default="paper,question", help="MC protocols for the monitored methods"
+    )
+    add_shared(parser, "--data-dir", "--k", "--alpha", "--threshold", "--back-steps")
+    parser.add_argument("--history", default="reference", choices=HISTORIES)
+    add_shared(parser, "--max-new-tokens")
+    parser.add_argument("--n-mc", type=int, default=None, help="TruthfulQA MC questions (default: all 817)")
+    parser.add_argument(
+        "--n-gen", type=int, default=200, help="TruthfulQA generation questions (seeded subset)"
+    )
+    parser.add_argument("--n-items", type=int, default=200, help="evaluation items per multiple-choice task")
+    parser.add_argument("--n-pool", type=int, default=300, help="probe-pool items per multiple-choice task")
+    parser.add_argument(
+        "--judges",
+        default="bleu-proxy,rouge1-proxy,info-proxy",
+        help="bleu-proxy, rouge1-proxy, info-proxy, allenai-truth, allenai-info",
+    )
+    parser.add_argument("--no-generation", action="store_true", help="skip TruthfulQA generation")
+    parser.add_argument(
+        "--detection",
+        action="store_true",
+        help="also compare the head probes with a text-only detector on each TruthfulQA test fold",
+    )
+    parser.add_argument("--no-mc", action="store_true", help="skip TruthfulQA multiple choice")
+    parser.add_argument(
+        "--controls",
+        default="",
+        help="comma-separated direction controls run beside every steering method: reversed, random",
+    )
+    parser.add_argument("--n-random", type=int, default=3, help="seeds of the random-direction control")
+    parser.add_argument(
+        "--thresholds",
+        default="fixed",
+        help="fixed (the --threshold value) and/or calibrated (per fold, on held-out answers in the "
+        "generation format; TruthfulQA only)",
+    )
+    parser.add_argument("--out", default="runs/eval")
+
+
+# The settings a sweep can take a grid of.
+GRID_SETTINGS = {"alpha": float, "threshold": float, "back_steps": int, "k": int}
+
+
+def add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    """``fasb sweep``: the options of ``fasb eval`` and a comma list of values per setting of the grid."""
+    add_eval_options(parser)
+    for name in GRID_SETTINGS:
+        parser.add_argument(
+            f"--grid-{name.replace('_', '-')}",
+            dest=f"grid_{name}",
+            default="",
+            help=f"comma-separated values of {name}",
+        )
+
+
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    """``fasb bench``: the fields of :class:`~fasb_tl.bench.BenchConfig` it lets one change, and the folder."""
+    add_shared(parser, "--model")
+    parser.add_argument("--n-prompts", type=int, default=16)
+    add_shared(parser, "--max-new-tokens", "--k")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats of the fit and extraction stages"
+    )
+    parser.add_argument("--out", default="runs/bench")
+
+
+# name, help and options of each command, in the order ``fasb --help`` lists them.
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("fit", "fit per-head probes and save a Steerer + heatmap", add_fit_options),
+    ("demo", "fit, generate and score end to end on the embedded model (offline)", add_demo_options),
+    ("eval", "evaluate methods on TruthfulQA and the six MC tasks (resumable)", add_eval_options),
+    ("sweep", "evaluate over a grid of alpha, threshold, back_steps and K", add_sweep_options),
+    (
+        "bench",
+        "side-by-side cost of plain decoding vs FASB (analysis/benchmark.py adds the released code's loop)",
+        add_bench_options,
+    ),
+)
+
+
+def command_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
+    """The ``fasb`` parser: one subcommand per entry of :data:`COMMANDS`, each with ``handlers[name]`` as its
+    ``handler`` default."""
+    parser = argparse.ArgumentParser(prog="fasb", description="FASB activation steering on TransformerLens")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, add_options in COMMANDS:
+        command = commands.add_parser(name, help=help_text)
+        add_options(command)
+        command.set_defaults(handler=handlers[name])
+    return parser
