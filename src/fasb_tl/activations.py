@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -38,11 +39,33 @@ class _AllCaptured(Exception):
     later blocks and the unembedding, a fifth of a small model's cost)."""
 
 
+def check_prompt_list(prompts: object, what: str = "prompts") -> None:
+    """Refuse a bare string where a list of prompts is expected (it would be read one character per prompt)."""
+    if isinstance(prompts, str):
+        raise TypeError(f"{what} must be a list of prompts, got one str {prompts[:40]!r}: pass [prompt]")
+
+
+def _token_ids(prompt: Sequence[int], index: int, vocab: int) -> list[int]:
+    """A token-id prompt as given, after checking every id is an integer inside the vocabulary."""
+    ids = prompt.tolist() if isinstance(prompt, Tensor) else list(prompt)
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab:
+            raise ValueError(
+                f"prompt {index}: token id {t!r} is not an integer in [0, {vocab}) (the model's vocabulary)"
+            )
+    return [int(t) for t in ids]
+
+
 def tokenize_prompts(model: TransformerBridge, prompts: Sequence[Prompt]) -> list[list[int]]:
     """Token ids for each prompt (text under the BOS convention, or ids taken as given), context-checked."""
+    check_prompt_list(prompts)
     if len(prompts) == 0:
         raise ValueError("got an empty prompt list (expected at least one prompt)")
-    token_lists = [encode(model, p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+    vocab = int(model.cfg.d_vocab)
+    token_lists = [
+        encode(model, p) if isinstance(p, str) else _token_ids(p, index, vocab)
+        for index, p in enumerate(prompts)
+    ]
     for index, ids in enumerate(token_lists):
         if not ids:
             raise ValueError(f"prompt {index} has no tokens")

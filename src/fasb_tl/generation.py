@@ -22,15 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fasb_tl.activations import Prompt, pad_batch, tokenize_prompts
-from fasb_tl.attention import cached_forward
+from fasb_tl.activations import NonFiniteActivationError, Prompt, tokenize_prompts
+from fasb_tl.decoding import Batch, Row
 from fasb_tl.generation_config import METHODS, GenerationConfig, GenerationConfigError, GenerationResult
 from fasb_tl.intervention import Intervention, SteeringScale, intervening, intervention_problem
 from fasb_tl.methods import Trigger, decide, generation_checks
@@ -51,117 +50,29 @@ __all__ = [
 ]
 
 
-@dataclass(eq=False)
-class _Row:
-    """Decode state of one prompt: its live cache slots, its tokens and its FASB decisions."""
-
-    index: int
-    prompt: list[int]
-    live: list[int]
-    config: GenerationConfig
-    generated: list[int] = field(default_factory=list)
-    mode: Literal["monitor", "plain", "steer"] = "plain"
-    scale: float = 0.0
-    last_fed_steered: bool = False
-    feed: list[tuple[int, float]] = field(default_factory=list)
-    done: bool = False
-    result: GenerationResult = field(default_factory=lambda: GenerationResult(text="", token_ids=[]))
-    generator: torch.Generator | None = None
-
-    def token_at(self, logical_position: int) -> int:
-        if logical_position < len(self.prompt):
-            return self.prompt[logical_position]
-        return self.generated[logical_position - len(self.prompt)]
-
-
-class _Batch:
-    """A rectangular cache shared by rows that each keep their own prefix."""
-
-    def __init__(
-        self, model: TransformerBridge, rows: list[_Row], scale: SteeringScale, readout: Readout | None
-    ):
-        self.model = model
-        self.rows = rows
-        self.scale = scale
-        self.readout = readout
-        self.cache = None
-        self.mask: Tensor | None = None
-
-    def prefill(self, pad_id: int, prefix: PrefixCache | None) -> Tensor:
-        """Run the prompts (left-padded after any shared cached prefix); returns next-token logits."""
-        prompts = [row.prompt for row in self.rows]
-        shared = prefix.shared_length(prompts) if prefix is not None else 0
-        ids, mask, offsets = pad_batch([p[shared:] for p in prompts], pad_id, "left")
-        for row, offset in zip(self.rows, offsets.tolist()):
-            row.live = list(range(shared)) + list(range(shared + offset, shared + ids.shape[1]))
-        self.mask = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long), mask], dim=1)
-        if shared:
-            self.cache = prefix.expand(len(prompts), shared)
-        return self._forward(ids, torch.zeros(ids.shape, dtype=torch.float32))
-
-    def step(self, pad_id: int) -> Tensor:
-        """Feed each row's pending tokens (right-aligned, padded to the widest row) and return logits."""
-        self._crop_dead_tail()
-        width = max(len(row.feed) for row in self.rows)
-        ids = torch.full((len(self.rows), width), pad_id, dtype=torch.long)
-        new_mask = torch.zeros((len(self.rows), width), dtype=torch.long)
-        scale = torch.zeros((len(self.rows), width), dtype=torch.float32)
-        start = self.mask.shape[1]
-        for r, row in enumerate(self.rows):
-            first = width - len(row.feed)
-            for j, (token, token_scale) in enumerate(row.feed):
-                ids[r, first + j] = token
-                new_mask[r, first + j] = 1
-                scale[r, first + j] = token_scale
-                row.live.append(start + first + j)
-            row.feed = []
-        self.mask = torch.cat([self.mask, new_mask], dim=1)
-        return self._forward(ids, scale)
-
-    def _forward(self, ids: Tensor, scale: Tensor) -> Tensor:
-        self.scale.set(scale if bool((scale != 0).any()) else None)
-        if self.readout is not None:
-            self.readout.values.clear()
-        # Only the last position's logits choose a token: skipping the others' unembedding saves most of a
-        # prompt's unembedding and half of every two-token step's.
-        logits, self.cache = cached_forward(self.model, ids, self.mask, self.cache, logits_to_keep=1)
-        return logits[:, -1].float().cpu()
-
-    def drop_last(self, row: _Row, count: int) -> None:
-        """Switch off the cache slots of ``row``'s last ``count`` live positions."""
-        r = next(i for i, candidate in enumerate(self.rows) if candidate is row)
-        for _ in range(count):
-            self.mask[r, row.live.pop()] = 0
-
-    def _crop_dead_tail(self) -> None:
-        alive = self.mask.any(dim=0).nonzero()
-        keep = int(alive.max()) + 1 if alive.numel() else 0
-        dead = self.mask.shape[1] - keep
-        if dead:
-            self.cache.crop(-dead)
-            self.mask = self.mask[:, :keep]
-
-    def remove_done(self) -> None:
-        """Drop finished rows from the batch so they stop costing compute."""
-        keep = [r for r, row in enumerate(self.rows) if not row.done]
-        if len(keep) == len(self.rows):
-            return
-        index = torch.tensor(keep, dtype=torch.long)
-        if keep:
-            self.cache.batch_select_indices(index.to(self.model.cfg.device))
-        self.mask = self.mask[index]
-        self.rows = [self.rows[r] for r in keep]
-
-
 def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> int:
     if not config.do_sample:
         return int(logits.argmax())
-    probs = torch.softmax(logits / config.temperature, dim=-1)
+    # Shifted by the maximum and in float64, so a tiny temperature gives a one-hot distribution, not inf / inf.
+    probs = torch.softmax((logits.double() - logits.max()) / config.temperature, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def _finite(logits: Tensor, rows: list[Row]) -> Tensor:
+    """``logits``, after checking every row's are finite (an alpha too large for the dtype gives NaN)."""
+    bad = (~torch.isfinite(logits).all(dim=-1)).nonzero().flatten().tolist()
+    if bad:
+        row = rows[bad[0]]
+        raise NonFiniteActivationError(
+            f"next-token logits of prompt {row.index} are NaN or infinite under method {row.config.method!r} "
+            f"with alpha {row.config.alpha} (scale {row.scale}): the steering is too strong for the model's "
+            "dtype (lower alpha) or the model overflows"
+        )
+    return logits
+
+
 class _Decoder:
-    """FASB's per-row decisions on top of :class:`_Batch`; each row follows its own config."""
+    """FASB's per-row decisions on top of :class:`Batch`; each row follows its own config."""
 
     def __init__(self, model: TransformerBridge, steerer: Intervention | None):
         self.model = model
@@ -171,27 +82,27 @@ class _Decoder:
         self.pad = pad if pad is not None else (self.eos if self.eos is not None else 0)
 
     @staticmethod
-    def _p_true(batch: _Batch) -> Tensor | None:
+    def _p_true(batch: Batch) -> Tensor | None:
         if batch.readout is None or not batch.readout.values:
             return None
         return batch.readout.p_true.float().cpu()
 
     def run(
         self, jobs: list[tuple[list[int], GenerationConfig]], first_index: int, prefix: PrefixCache | None
-    ) -> list[_Row]:
+    ) -> list[Row]:
         rows = []
         for i, (prompt, cfg) in enumerate(jobs):
             generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
-            rows.append(_Row(index=first_index + i, prompt=prompt, live=[], config=cfg, generator=generator))
+            rows.append(Row(index=first_index + i, prompt=prompt, live=[], config=cfg, generator=generator))
         steering = self.steerer is not None and any(row.config.method != "none" for row in rows)
         gated = steering and any(row.config.spec.gated for row in rows)
         readout = Readout(self.steerer, all_positions=False) if gated else None
-        batch = _Batch(self.model, rows, SteeringScale(), readout)
-        finished: list[_Row] = []
+        batch = Batch(self.model, rows, SteeringScale(), readout)
+        finished: list[Row] = []
         readers = self.steerer.monitor_hooks(readout) if gated else []
         hooks = intervening(self.model, self.steerer, batch.scale, readers) if steering else nullcontext()
         with torch.no_grad(), hooks:
-            logits = batch.prefill(self.pad, prefix)
+            logits = _finite(batch.prefill(self.pad, prefix), batch.rows)
             p_true = self._p_true(batch)
             for r, row in enumerate(batch.rows):
                 self._start(batch, row, logits[r], None if p_true is None else float(p_true[r]))
@@ -202,13 +113,13 @@ class _Decoder:
                     break
                 if readout is not None:
                     readout.enabled = any(row.mode == "monitor" for row in batch.rows)
-                logits = batch.step(self.pad)
+                logits = _finite(batch.step(self.pad), batch.rows)
                 p_true = self._p_true(batch)
                 for r, row in enumerate(batch.rows):
                     self._advance(batch, row, logits[r], None if p_true is None else float(p_true[r]))
         return sorted(finished, key=lambda row: row.index)
 
-    def _start(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
+    def _start(self, batch: Batch, row: Row, logits: Tensor, p_true: float | None) -> None:
         """Decide what the row does after its prompt: plain, monitored, or steered from the first token."""
         cfg = row.config
         if cfg.spec.gate == "always":
@@ -223,7 +134,7 @@ class _Decoder:
         row.mode = "monitor" if cfg.spec.monitors else "plain"
         self._advance(batch, row, logits, p_true)
 
-    def _advance(self, batch: _Batch, row: _Row, logits: Tensor, p_true: float | None) -> None:
+    def _advance(self, batch: Batch, row: Row, logits: Tensor, p_true: float | None) -> None:
         """Append the next token, run the FASB check, and queue what the row feeds next."""
         cfg = row.config
         token = _choose(logits, cfg, row.generator)
@@ -250,7 +161,7 @@ class _Decoder:
             row.feed = [(token, row.scale if steered else 0.0)]
         row.last_fed_steered = steered
 
-    def _trigger(self, batch: _Batch, row: _Row, trigger: Trigger) -> None:
+    def _trigger(self, batch: Batch, row: Row, trigger: Trigger) -> None:
         result = row.result
         result.triggered = True
         result.trigger_step = len(row.generated)
@@ -259,7 +170,7 @@ class _Decoder:
         result.removed_token_ids = row.generated[trigger.kept :]
         self._restart(batch, row, trigger.kept, trigger.strength)
 
-    def _restart(self, batch: _Batch, row: _Row, kept: int, strength: float) -> None:
+    def _restart(self, batch: Batch, row: Row, kept: int, strength: float) -> None:
         """Keep ``kept`` generated tokens and recompute the last kept position with steering."""
         if row.result.strength is None:
             row.result.strength = strength
@@ -335,7 +246,7 @@ def generate_many(
         check_context(model, len(ids) + budget, what=f"prompt {i} plus max_new_tokens")
     jobs = [(ids, config) for config in configs.values() for ids in token_lists]
     decoder = _Decoder(model, steerer)
-    rows: list[_Row] = []
+    rows: list[Row] = []
     label = ", ".join(config.method for config in configs.values())
     bar = tqdm(total=len(jobs), desc=f"generate ({label})", disable=not progress, leave=False)
     for start in range(0, len(jobs), batch_size):

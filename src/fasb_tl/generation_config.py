@@ -44,10 +44,17 @@ class GenerationConfig(MethodSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_one_of("history", HISTORIES)
+        for name in ("max_new_tokens", "seed"):
+            self.check_number(name, integer=True)
+        self.check_number("temperature")
         if self.max_new_tokens < 1:
             raise GenerationConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.do_sample and not self.temperature > 0:
-            raise GenerationConfigError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 <= self.seed < 2**63:
+            raise GenerationConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.do_sample and not 0 < self.temperature < float("inf"):
+            raise GenerationConfigError(
+                f"temperature must be > 0 and finite when sampling, got {self.temperature}"
+            )
 
 
 @dataclass

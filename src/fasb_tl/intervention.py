@@ -54,7 +54,9 @@ class SteeringScale:
                 f"a steering scale is a number or a [batch, pos] tensor, got shape {tuple(value.shape)}"
             )
         if not torch.isfinite(value).all():
-            raise ScaleShapeError("a steering scale must be finite (got NaN or inf)")
+            raise ScaleShapeError(
+                "a steering scale must be finite (got NaN or inf: alpha * strength above 3.4e38 overflows float32)"
+            )
         self.value = value
 
     def fitted_to(self, activations: Tensor, trailing: int) -> Tensor | None:

@@ -8,9 +8,12 @@ decode loop and the scorer).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 Gate = Literal["never", "always", "question", "monitor"]
 Vector = Literal["probe", "caa"]
@@ -155,14 +158,29 @@ class MethodSettings:
 
     def __post_init__(self) -> None:
         self.check_one_of("method", self.accepted)
-        if not self.alpha >= 0 or self.alpha == float("inf"):
-            raise self.error(f"alpha must be >= 0 and finite, got {self.alpha}")
+        self.check_number("alpha")
+        self.check_number("threshold")
+        self.check_number("back_steps", integer=True)
+        # The steering scale alpha * strength (strength <= 1) is a float32 tensor.
+        if not 0 <= self.alpha <= FLOAT32_MAX:
+            raise self.error(
+                f"alpha must be >= 0 and finite in float32 (at most {FLOAT32_MAX:.2e}), got {self.alpha}"
+            )
         if not self.force_threshold and not 0.0 <= self.threshold <= 1.0:
             raise self.error(
                 f"threshold must be in [0, 1], got {self.threshold} (pass force_threshold=True to allow it)"
             )
         if self.back_steps < 0:
             raise self.error(f"back_steps must be >= 0, got {self.back_steps}")
+
+    def check_number(self, name: str, integer: bool = False) -> None:
+        """Raise the config's error unless the setting ``name`` is a real number (an integer with ``integer``);
+        a bool is neither, and a float is no integer (``max_new_tokens=2.5`` would otherwise mean 3)."""
+        value = getattr(self, name)
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = "an integer" if integer else "a number"
+            raise self.error(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
 
     def check_one_of(self, name: str, allowed: Sequence[str]) -> None:
         """Raise the config's error unless the setting ``name`` is one of ``allowed``."""

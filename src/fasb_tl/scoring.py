@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from fasb_tl.activations import NonFiniteActivationError, check_prompt_list
 from fasb_tl.intervention import Intervention, intervention_problem
 from fasb_tl.methods import (
     DECODE_METHODS,
@@ -163,6 +164,14 @@ def _decisions(config: ScoringConfig, items: list[tuple[list[int], int]], base: 
     ]
 
 
+def _check_finite(scores: Tensor, where: str) -> None:
+    if not torch.isfinite(scores).all():
+        raise NonFiniteActivationError(
+            f"answer scores {where} are NaN or infinite: the steering is too strong for the model's dtype "
+            "(lower alpha) or the model overflows"
+        )
+
+
 def score_choices_many(
     model: TransformerBridge,
     contexts: Sequence[str],
@@ -182,6 +191,8 @@ def score_choices_many(
     ``interventions`` maps a config name to another intervention that does the steering for it (e.g. a
     :func:`~fasb_tl.fitting.control_steerer`), while ``steerer``'s probes still make every decision.
     """
+    check_prompt_list(contexts, "contexts")
+    check_prompt_list(options, "options")
     if len(contexts) != len(options):
         raise ValueError(f"got {len(contexts)} contexts for {len(options)} option lists")
     for name, config in configs.items():
@@ -190,6 +201,7 @@ def score_choices_many(
             raise ScoringConfigError(f"scoring {problem} (config {name!r})")
     owners, items = [], []
     for index, (context, choices) in enumerate(zip(contexts, options)):
+        check_prompt_list(choices, f"options of item {index}")
         if len(choices) == 0:
             raise ValueError(f"item {index} has no options")
         for choice in choices:
@@ -202,6 +214,7 @@ def score_choices_many(
     base = teacher_forced(
         model, items, monitor, [None] * len(items), monitored, prefix, batch_size, "score", progress
     )
+    _check_finite(base.scores, "unsteered (the model itself produces them)")
     by_item: list[list[int]] = [[] for _ in contexts]
     for pair, owner in enumerate(owners):
         by_item[owner].append(pair)
@@ -247,6 +260,7 @@ def score_choices_many(
         acting = interventions.get(name, steerer)
         signature = (id(acting), config.alpha, tuple(decisions[name]))
         scores = rescored.get(signature, base.scores)
+        _check_finite(scores, f"under config {name!r} (method {config.method!r}, alpha {config.alpha})")
         results[name] = [
             ChoiceScores(
                 scores=scores[mine],
