@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"steering"},
     {"fitting", "prefix"},
     {"generation_config", "teacher_forcing"},
-    {"decoding"},
+    {"decoding", "sampling"},
     {"generation", "scoring", "caa", "text_baseline"},
     {"calibration", "plotting"},
     {"evaluation"},

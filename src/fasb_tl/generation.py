@@ -35,6 +35,7 @@ from fasb_tl.intervention import Intervention, SteeringScale, intervening, inter
 from fasb_tl.methods import Trigger, decide, generation_checks
 from fasb_tl.models import check_context
 from fasb_tl.prefix import PrefixCache
+from fasb_tl.sampling import choose_token, row_generator
 from fasb_tl.steering import Readout
 
 if TYPE_CHECKING:
@@ -48,14 +49,6 @@ __all__ = [
     "generate",
     "generate_many",
 ]
-
-
-def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> int:
-    if not config.do_sample:
-        return int(logits.argmax())
-    # Shifted by the maximum and in float64, so a tiny temperature gives a one-hot distribution, not inf / inf.
-    probs = torch.softmax((logits.double() - logits.max()) / config.temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _finite(logits: Tensor, rows: list[Row]) -> Tensor:
@@ -88,11 +81,14 @@ class _Decoder:
         return batch.readout.p_true.float().cpu()
 
     def run(
-        self, jobs: list[tuple[list[int], GenerationConfig]], first_index: int, prefix: PrefixCache | None
+        self,
+        jobs: list[tuple[list[int], GenerationConfig, int]],
+        first_index: int,
+        prefix: PrefixCache | None,
     ) -> list[Row]:
         rows = []
-        for i, (prompt, cfg) in enumerate(jobs):
-            generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
+        for i, (prompt, cfg, sample) in enumerate(jobs):
+            generator = row_generator(cfg, sample)
             rows.append(Row(index=first_index + i, prompt=prompt, live=[], config=cfg, generator=generator))
         steering = self.steerer is not None and any(row.config.method != "none" for row in rows)
         gated = steering and any(row.config.spec.gated for row in rows)
@@ -137,7 +133,7 @@ class _Decoder:
     def _advance(self, batch: Batch, row: Row, logits: Tensor, p_true: float | None) -> None:
         """Append the next token, run the FASB check, and queue what the row feeds next."""
         cfg = row.config
-        token = _choose(logits, cfg, row.generator)
+        token = choose_token(logits, cfg, row.generator)
         row.generated.append(token)
         n = len(row.generated)
         at_end = (cfg.stop_at_eos and token == self.eos) or n >= cfg.max_new_tokens
@@ -203,7 +199,8 @@ def generate(
 ) -> list[GenerationResult]:
     """Generate an answer for each prompt under ``config`` (FASB by default), ``batch_size`` rows at a time.
 
-    Text prompts follow the package's BOS convention; token-id prompts are used as given. Every row is
+    Text prompts follow the package's BOS convention; token-id prompts are used as given. With
+    ``config.num_return_sequences = n`` the results of prompt ``i`` are ``results[i * n : (i + 1) * n]``. Every row is
     monitored, triggered, rolled back and steered independently; results equal batch-size-1 results.
     ``prefix``, a cached prefix the prompts share, saves its recomputation without changing results.
     ``steerer`` is a :class:`~fasb_tl.steering.Steerer`, or, for ``iti``, any
@@ -244,7 +241,13 @@ def generate_many(
     budget = max(config.max_new_tokens for config in configs.values())
     for i, ids in enumerate(token_lists):
         check_context(model, len(ids) + budget, what=f"prompt {i} plus max_new_tokens")
-    jobs = [(ids, config) for config in configs.values() for ids in token_lists]
+    # One job per (config, prompt, returned sequence), config-major; ``sample`` numbers a prompt's sequences.
+    jobs = [
+        (ids, config, i * config.num_return_sequences + j)
+        for config in configs.values()
+        for i, ids in enumerate(token_lists)
+        for j in range(config.num_return_sequences)
+    ]
     decoder = _Decoder(model, steerer)
     rows: list[Row] = []
     label = ", ".join(config.method for config in configs.values())
@@ -257,5 +260,10 @@ def generate_many(
     for row in rows:
         row.result.token_ids = list(row.generated)
         row.result.text = model.tokenizer.decode(row.generated, skip_special_tokens=True)
-    n = len(token_lists)
-    return {name: [row.result for row in rows[k * n : (k + 1) * n]] for k, name in enumerate(configs)}
+    results: dict[str, list[GenerationResult]] = {}
+    start = 0
+    for name, config in configs.items():
+        count = len(token_lists) * config.num_return_sequences
+        results[name] = [row.result for row in rows[start : start + count]]
+        start += count
+    return results

@@ -27,7 +27,10 @@ class GenerationConfig(MethodSettings):
     (steer from the detection point on, keep every token), ``fixed`` (FASB with strength 1) and ``fasb``
     (backtrack ``back_steps`` tokens, strength ``1 - p_true``). The steering added to each selected head is
     ``alpha * strength * sigma_k * v_k``. ``alpha``, ``threshold``, ``back_steps`` and ``force_threshold`` are
-    the :class:`~fasb_tl.methods.MethodSettings` every config shares.
+    the :class:`~fasb_tl.methods.MethodSettings` every config shares. With ``do_sample``, tokens are drawn at
+    ``temperature`` from the ``top_k`` most likely (0: all) and then the smallest set reaching ``top_p``, as in
+    transformers; each returned sequence (``num_return_sequences`` per prompt) has its own random stream from
+    ``seed`` and its number (see :mod:`fasb_tl.sampling`).
     """
 
     method: Method = "fasb"
@@ -36,6 +39,9 @@ class GenerationConfig(MethodSettings):
     stop_at_eos: bool = True
     do_sample: bool = False
     temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_return_sequences: int = 1
     seed: int = 0
 
     accepted = METHODS
@@ -44,9 +50,19 @@ class GenerationConfig(MethodSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_one_of("history", HISTORIES)
-        for name in ("max_new_tokens", "seed"):
+        for name in ("max_new_tokens", "seed", "top_k", "num_return_sequences"):
             self.check_number(name, integer=True)
         self.check_number("temperature")
+        self.check_number("top_p")
+        if self.top_k < 0:
+            raise GenerationConfigError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise GenerationConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.num_return_sequences < 1 or (self.num_return_sequences > 1 and not self.do_sample):
+            raise GenerationConfigError(
+                f"num_return_sequences must be >= 1, and 1 unless do_sample=True (greedy decoding returns one "
+                f"sequence), got {self.num_return_sequences}"
+            )
         if self.max_new_tokens < 1:
             raise GenerationConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.seed < 2**63:
