@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
@@ -181,3 +185,15 @@ def test_save_figure_writes_png(tmp_path):
     path = save_figure(plot_layer_accuracy(torch.rand(3, 2)), tmp_path / "sub" / "layers.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert not list(path.parent.glob(".*"))
+
+
+def test_importing_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import fasb_tl.plotting; "
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,4 +1,8 @@
-"""Figures, returned as matplotlib ``Figure`` objects so notebooks can show them and scripts can save them."""
+"""Figures, returned as matplotlib ``Figure`` objects so notebooks can show them and scripts can save them.
+
+Importing this module leaves matplotlib's backend alone (``plt.show()`` works in a terminal IPython, and a
+machine without a display falls back to a non-interactive backend by itself).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,6 @@ from collections.abc import Sequence
 from itertools import cycle
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import matplotlib
-
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 
 import matplotlib.pyplot as plt
 import numpy as np
