@@ -248,3 +248,30 @@ def test_torch_and_sklearn_probes_agree_on_smollm2(smollm2, builtin_split):
     overlap = {tuple(h) for h in fast.top_heads(24).tolist()} & {tuple(h) for h in ref.top_heads(24).tolist()}
     assert len(overlap) / 24 >= 0.9
     assert fast.val_accuracy_.max() > 0.65
+
+
+def test_to_frame_lists_every_head_with_the_accuracy_grid_and_the_selection(fitted):
+    frame = fitted.to_frame()
+    layers, heads = fitted.val_accuracy.shape
+    assert len(frame) == layers * heads
+    grid = torch.tensor(frame["val_accuracy"].to_numpy(), dtype=torch.float32).reshape(layers, heads)
+    assert torch.equal(grid, fitted.val_accuracy)
+    assert torch.equal(
+        torch.tensor(frame["train_accuracy"].to_numpy()).reshape(layers, heads),
+        fitted.fit_report.train_accuracy_,
+    )
+    assert ((frame["val_low"] <= frame["val_accuracy"]) & (frame["val_accuracy"] <= frame["val_high"])).all()
+    chosen = frame[frame["selected"]].sort_values("rank")
+    assert chosen[["layer", "head"]].to_numpy().tolist() == fitted.heads.tolist()
+    assert chosen["sigma"].tolist() == pytest.approx(fitted.sigmas.tolist())
+    assert frame.loc[~frame["selected"], "sigma"].isna().all()
+    without_report = dataclasses.replace(fitted, fit_report=None).to_frame()
+    assert "train_accuracy" not in without_report and without_report["selected"].sum() == fitted.k
+
+
+def test_head_probes_repr_names_the_grid_and_the_accuracy_range(fitted):
+    text = repr(fitted.fit_report)
+    assert text.startswith("HeadProbes(backend='torch', 2 layers x 4 heads, ")
+    low, high = float(fitted.val_accuracy.min()), float(fitted.val_accuracy.max())
+    assert f"val_accuracy={low:.3f}-{high:.3f}" in text
+    assert repr(HeadProbes()) == "HeadProbes(backend='torch', not fitted)"

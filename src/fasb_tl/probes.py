@@ -16,6 +16,7 @@ import warnings
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -120,6 +121,13 @@ def _fit_torch(
     return theta[:, :-1], theta[:, -1], int((~done).sum())
 
 
+def wilson_interval(accuracy: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval (95% by default) of accuracies measured on ``n`` items."""
+    centre = (accuracy + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(accuracy * (1 - accuracy) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return centre - half, centre + half
+
+
 class HeadProbes:
     """Per-head linear probes with an sklearn-style interface over ``[n, layer, head, d_head]`` activations."""
 
@@ -137,6 +145,19 @@ class HeadProbes:
         self.coef_: Float[Tensor, "layer head d_head"] | None = None
         self.intercept_: Float[Tensor, "layer head"] | None = None
         self.val_accuracy_: Float[Tensor, "layer head"] | None = None
+        self.train_accuracy_: Float[Tensor, "layer head"] | None = None
+        self.n_train_ = 0
+        self.n_val_ = 0
+
+    def __repr__(self) -> str:
+        if self.coef_ is None:
+            return f"HeadProbes(backend={self.backend!r}, not fitted)"
+        layers, heads = self.coef_.shape[:2]
+        text = f"HeadProbes(backend={self.backend!r}, {layers} layers x {heads} heads, {self.n_train_} train"
+        if self.val_accuracy_ is None:
+            return text + ")"
+        low, high = float(self.val_accuracy_.min()), float(self.val_accuracy_.max())
+        return text + f" / {self.n_val_} val, val_accuracy={low:.3f}-{high:.3f})"
 
     def fit(
         self,
@@ -195,9 +216,31 @@ class HeadProbes:
                     coef[layer, head] = torch.from_numpy(model.coef_[0].astype(np.float32))
                     intercept[layer, head] = float(model.intercept_[0])
             self.coef_, self.intercept_ = coef, intercept
+        self.n_train_ = n
+        self.train_accuracy_ = self.score(x, y)
         if x_val is not None and y_val is not None:
             self.val_accuracy_ = self.score(x_val, y_val)
+            self.n_val_ = int(x_val.shape[0])
         return self
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: ``layer``, ``head``, ``train_accuracy`` and, when validation data was scored,
+        ``val_accuracy`` with its 95% Wilson interval (``val_low``, ``val_high``) over the ``n_val`` answers."""
+        self._require_fitted()
+        layers, heads = self.train_accuracy_.shape
+        frame = pd.DataFrame(
+            {
+                "layer": np.repeat(np.arange(layers), heads),
+                "head": np.tile(np.arange(heads), layers),
+                "train_accuracy": self.train_accuracy_.flatten().numpy(),
+            }
+        )
+        if self.val_accuracy_ is not None:
+            accuracy = self.val_accuracy_.flatten().double().numpy()
+            frame["val_accuracy"] = accuracy
+            frame["val_low"], frame["val_high"] = wilson_interval(accuracy, self.n_val_)
+            frame["n_val"] = self.n_val_
+        return frame
 
     def _require_fitted(self) -> None:
         if self.coef_ is None or self.intercept_ is None:
@@ -234,3 +277,31 @@ class HeadProbes:
         flat = self.val_accuracy_.flatten().tolist()
         best = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k]
         return torch.tensor([[i // heads, i % heads] for i in best], dtype=torch.long)
+
+
+def heads_table(
+    val_accuracy: Float[Tensor, "layer head"],
+    heads: Int[Tensor, "k 2"],
+    sigmas: Float[Tensor, " k"],
+    report: HeadProbes | None = None,
+) -> pd.DataFrame:
+    """One row per head: accuracies (``report.to_frame()`` when given, else the validation grid), whether the
+    head is one of the K selected ``heads``, its ``rank`` among them (1 = first) and its steering ``sigma``."""
+    if report is not None:
+        frame = report.to_frame()
+    else:
+        layers, n_heads = val_accuracy.shape
+        frame = pd.DataFrame(
+            {
+                "layer": np.repeat(np.arange(layers), n_heads),
+                "head": np.tile(np.arange(n_heads), layers),
+                "val_accuracy": val_accuracy.flatten().double().numpy(),
+            }
+        )
+    place = {(layer, head): k for k, (layer, head) in enumerate(heads.tolist())}
+    ks = [place.get(pair) for pair in zip(frame["layer"].tolist(), frame["head"].tolist())]
+    frame["selected"] = [k is not None for k in ks]
+    frame["rank"] = pd.array([None if k is None else k + 1 for k in ks], dtype="Int64")
+    values = sigmas.double().tolist()
+    frame["sigma"] = [np.nan if k is None else values[k] for k in ks]
+    return frame

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError
@@ -30,12 +31,12 @@ from fasb_tl.activations import HeadsByLayer, hook_z_name
 from fasb_tl.directions import DIRECTION_KINDS
 from fasb_tl.intervention import Hooks, ModelMismatchError, SteeringScale, intervening
 from fasb_tl.models import model_name
+from fasb_tl.probes import HeadProbes, heads_table
 
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache
     from transformer_lens.model_bridge import TransformerBridge
 
-    from fasb_tl.probes import HeadProbes
 
 __all__ = ["META_FILE", "TENSOR_FILE", "ModelMismatchError", "Readout", "Steerer", "SteererFormatError"]
 
@@ -124,13 +125,12 @@ class Steerer:
         self._by_layer = HeadsByLayer(self.heads)
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"L{layer}H{head}" for layer, head in self.heads[:6].tolist())
-        more = f", ... {self.k - 6} more" if self.k > 6 else ""
-        selected = self.val_accuracy[self.heads[:, 0], self.heads[:, 1]]
-        return (
-            f"Steerer(model={self.meta.model_name!r}, k={self.k}, direction={self.meta.direction!r}, "
-            f"heads=[{shown}{more}], val_accuracy={float(selected.min()):.3f}-{float(selected.max()):.3f})"
-        )
+        return _describe(self)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head of the model: accuracies (from ``fit_report`` when present, else the saved
+        validation grid), ``selected``, ``rank`` (1 = best) and ``sigma`` of the K steered heads."""
+        return heads_table(self.val_accuracy, self.heads, self.sigmas, self.fit_report)
 
     @property
     def k(self) -> int:
@@ -254,6 +254,16 @@ class Steerer:
         if model is not None:
             steerer.check_model(model)
         return steerer
+
+
+def _describe(steerer: Steerer) -> str:
+    shown = ", ".join(f"L{layer}H{head}" for layer, head in steerer.heads[:6].tolist())
+    more = f", ... {steerer.k - 6} more" if steerer.k > 6 else ""
+    selected = steerer.val_accuracy[steerer.heads[:, 0], steerer.heads[:, 1]]
+    return (
+        f"Steerer(model={steerer.meta.model_name!r}, k={steerer.k}, direction={steerer.meta.direction!r}, "
+        f"heads=[{shown}{more}], val_accuracy={float(selected.min()):.3f}-{float(selected.max()):.3f})"
+    )
 
 
 def _write_folder(folder: Path, tensors: dict[str, Tensor], meta: SteererMeta) -> None:
