@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"attention"},
     {"activations", "probes"},
     {"intervention", "directions"},
+    {"steerer_file"},
     {"steering"},
     {"fitting", "prefix"},
     {"generation_config", "teacher_forcing"},
