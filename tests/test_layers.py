@@ -27,6 +27,8 @@ LAYERS: list[set[str]] = [
     {"attention"},
     {"activations", "probes"},
     {"intervention", "directions"},
+    {"steerer_file"},
+    {"steerer_folder"},
     {"steering"},
     {"fitting", "prefix"},
     {"generation_config", "teacher_forcing"},

@@ -30,8 +30,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from fasb_tl.data import dataset_splits, load_dataset
     from fasb_tl.fitting import fit_steerer
     from fasb_tl.plotting import plot_head_accuracy, save_figure
+    from fasb_tl.steering import check_save_target
 
     start = time.perf_counter()
+    out = Path(args.out)
+    try:  # before any work: an --out that cannot be written fails now, not after the fit
+        check_save_target(out, args.overwrite, knob="--overwrite")
+    except OSError as err:
+        raise SystemExit(f"fasb fit: {err}") from err
     records = load_dataset(args.dataset, args.data_dir)
     splits = dataset_splits(args.dataset, len(records), args.folds, args.val_fraction, args.seed)
     if not 0 <= args.fold < len(splits):
@@ -50,7 +56,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         probe_format=args.probe_format,
         batch_size=args.batch_size,
     )
-    out = Path(args.out)
     steerer.save(out, overwrite=args.overwrite)
     figure = plot_head_accuracy(steerer.val_accuracy, steerer.heads, title=f"{args.model} on {args.dataset}")
     heatmap = save_figure(figure, out / "head_accuracy.png")

@@ -10,46 +10,52 @@ heads (the :class:`~fasb_tl.intervention.Intervention` protocol). :meth:`Steerer
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fasb_tl._io import replace_dir
 from fasb_tl._version import __version__
 from fasb_tl.activations import HeadsByLayer, hook_z_name
-from fasb_tl.directions import DIRECTION_KINDS
 from fasb_tl.intervention import Hooks, ModelMismatchError, SteeringScale, intervening
 from fasb_tl.models import model_name
 from fasb_tl.probes import HeadProbes, heads_table
+from fasb_tl.steerer_file import (
+    FORMAT_VERSION,
+    META_FILE,
+    PROBE_TENSORS,
+    STEERING_TENSORS,
+    TENSOR_FILE,
+    SteererFormatError,
+    read_folder,
+    validate,
+    write_folder,
+)
+from fasb_tl.steerer_folder import check_target, recover
 
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache
     from transformer_lens.model_bridge import TransformerBridge
 
 
-__all__ = ["META_FILE", "TENSOR_FILE", "ModelMismatchError", "Readout", "Steerer", "SteererFormatError"]
-
-FORMAT_VERSION = 1
-TENSOR_FILE = "steerer.safetensors"
-META_FILE = "steerer.json"
-# The probes decide the triggers and stay float32 whatever dtype the steering vectors are moved to.
-PROBE_TENSORS = ("probe_weights", "probe_bias", "val_accuracy")
-STEERING_TENSORS = ("directions", "sigmas")
-
-
-class SteererFormatError(ValueError):
-    """A Steerer folder that is not a valid, safe fasb_tl artifact."""
+__all__ = [
+    "FORMAT_VERSION",
+    "META_FILE",
+    "TENSOR_FILE",
+    "ModelMismatchError",
+    "Readout",
+    "Steerer",
+    "SteererFormatError",
+    "check_save_target",
+]
 
 
 def _library_version() -> str:
@@ -121,7 +127,7 @@ class Steerer:
     fit_report: HeadProbes | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        _validate(self.tensors(), self.meta)
+        validate(self.tensors(), self.meta)
         self._by_layer = HeadsByLayer(self.heads)
 
     def __repr__(self) -> str:
@@ -239,17 +245,15 @@ class Steerer:
             yield readout
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the Steerer folder atomically (float32 safetensors + JSON; nothing is pickled)."""
-        target = Path(directory)
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+        """Write the folder atomically (float32 safetensors + JSON); ``overwrite`` replaces only a Steerer's."""
+        target = check_save_target(directory, overwrite)
         tensors = {k: v.contiguous() for k, v in self.to("cpu", torch.float32).tensors().items()}
-        return replace_dir(lambda folder: _write_folder(folder, tensors, self.meta), target)
+        return replace_dir(lambda folder: write_folder(folder, tensors, self.meta), target)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: TransformerBridge | None = None) -> Steerer:
-        """Read a Steerer folder, checking version, shapes, dtypes and finiteness (and ``model``, if given)."""
-        meta, tensors = _read_folder(Path(directory))
+        """Read a Steerer folder, checking files, types, version, shapes, dtypes and values (and ``model``)."""
+        meta, tensors = read_folder(recover(Path(directory), SteererMeta), SteererMeta)
         steerer = cls(meta=meta, **tensors)
         if model is not None:
             steerer.check_model(model)
@@ -266,83 +270,11 @@ def _describe(steerer: Steerer) -> str:
     )
 
 
-def _write_folder(folder: Path, tensors: dict[str, Tensor], meta: SteererMeta) -> None:
-    save_file(tensors, str(folder / TENSOR_FILE))
-    (folder / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n", encoding="utf-8")
-
-
-def _read_folder(folder: Path) -> tuple[SteererMeta, dict[str, Tensor]]:
-    meta_path, tensor_path = folder / META_FILE, folder / TENSOR_FILE
-    for path in (meta_path, tensor_path):
-        if not path.is_file():
-            raise SteererFormatError(f"{folder} is not a Steerer folder: {path.name} is missing")
-    try:
-        raw = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SteererFormatError(f"{meta_path} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-        version = raw.get("format_version") if isinstance(raw, dict) else None
-        raise SteererFormatError(
-            f"{meta_path}: format_version {version!r}, this library reads {FORMAT_VERSION}"
-        )
-    known = set(SteererMeta.__dataclass_fields__)
-    if set(raw) - known:
-        raise SteererFormatError(f"{meta_path}: unknown metadata field(s) {sorted(set(raw) - known)}")
-    try:
-        meta = SteererMeta(**raw)
-        tensors = load_file(str(tensor_path))
-    except (TypeError, SafetensorError, OSError) as err:
-        raise SteererFormatError(f"{folder}: cannot read the Steerer safely ({err})") from err
-    expected = {"heads", *STEERING_TENSORS, *PROBE_TENSORS}
-    if set(tensors) != expected:
-        raise SteererFormatError(f"{tensor_path}: tensors {sorted(tensors)}, expected {sorted(expected)}")
-    for name in STEERING_TENSORS:
-        if tensors[name].dtype != torch.float32:
-            raise SteererFormatError(
-                f"tensor {name!r} has dtype {tensors[name].dtype}, expected torch.float32"
-            )
-    return meta, tensors
-
-
-def _validate(tensors: dict[str, Tensor], meta: SteererMeta) -> None:
-    k = tensors["heads"].shape[0] if tensors["heads"].ndim == 2 else -1
-    shapes = {
-        "heads": (k, 2),
-        "directions": (k, meta.d_head),
-        "sigmas": (k,),
-        "probe_weights": (k, meta.d_head),
-        "probe_bias": (k,),
-        "val_accuracy": (meta.n_layers, meta.n_heads),
-    }
-    if k < 1:
-        raise SteererFormatError(
-            f"heads must be a non-empty [k, 2] tensor, got shape {tuple(tensors['heads'].shape)}"
-        )
-    steering_dtype = tensors["directions"].dtype
-    for name, shape in shapes.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != shape:
-            raise SteererFormatError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
-        wanted = (
-            torch.int64 if name == "heads" else torch.float32 if name in PROBE_TENSORS else steering_dtype
-        )
-        if tensor.dtype != wanted or (name in STEERING_TENSORS and not wanted.is_floating_point):
-            raise SteererFormatError(f"tensor {name!r} has dtype {tensor.dtype}, expected {wanted}")
-        if name != "heads" and not torch.isfinite(tensor).all():
-            raise SteererFormatError(f"tensor {name!r} contains NaN or infinite values")
-    heads = tensors["heads"]
-    if (
-        (heads[:, 0] < 0).any()
-        or (heads[:, 0] >= meta.n_layers).any()
-        or (heads[:, 1] < 0).any()
-        or (heads[:, 1] >= meta.n_heads).any()
-    ):
-        raise SteererFormatError(
-            f"heads lie outside a model of {meta.n_layers} layers x {meta.n_heads} heads"
-        )
-    if len({tuple(h) for h in heads.tolist()}) != k:
-        raise SteererFormatError("heads lists a (layer, head) twice")
-    if meta.direction.removeprefix("reversed-") not in DIRECTION_KINDS:
-        raise SteererFormatError(
-            f"direction {meta.direction!r} is not one of {DIRECTION_KINDS} (or 'reversed-' + one of them)"
-        )
+def check_save_target(
+    directory: str | os.PathLike, overwrite: bool = False, knob: str = "overwrite=True"
+) -> Path:
+    """The folder :meth:`Steerer.save` writes, once an interrupted save there is recovered; an ``OSError``
+    naming the folder and why (and ``knob``, the option that allows replacing) when it may not write there."""
+    target = recover(Path(directory), SteererMeta)
+    check_target(target, overwrite, knob)
+    return target
