@@ -185,3 +185,82 @@ def replace_dir(build: Callable[[Path], object], target: Path) -> Path:
         else:
             os.rename(tmp, target)
     return target
+
+
+# Stale temporary files and folder locks. (Their imports are local so that this section stays apart from the
+# rest of the module.)
+
+
+def stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files :func:`atomic_write` leaves beside ``path`` when its writer is killed before the
+    rename (``.{name}.{pid}.tmp``); no other file matches."""
+    import re
+
+    target = Path(path)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.\d+\.tmp")
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+
+
+LOCK_FILE = ".fasb.lock"
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the folder's lock (see :func:`folder_lock`)."""
+
+
+def _lock_owner(descriptor: int) -> str:
+    """What the lock file says about its holder (informative only: the kernel holds the lock, not the file)."""
+    import json
+
+    try:
+        owner = json.loads(os.pread(descriptor, 65536, 0).decode("utf-8"))
+        return f"pid {owner['pid']} on {owner['host']}, running {owner['command']!r} since {owner['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
+
+
+def _lock_record() -> str:
+    """This process as the lock file records it: pid, host, command and start time."""
+    import json
+    import socket
+    import sys
+    import time
+
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": since})
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder`` exclusively for the block: an ``fcntl.flock`` on ``folder/.fasb.lock``.
+
+    Another holder (another process, or another open in this one) is refused at once with
+    :class:`FolderLockedError`, naming the folder and the holder's pid, host and command, which the lock file
+    records. The kernel drops the lock when its process exits, however it exits, so the file a killed process
+    leaves behind never blocks anyone; the file itself stays (removing it would let two processes lock two files).
+    """
+    import fcntl
+
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(target / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderLockedError(
+                f"{target} is in use by another process ({_lock_owner(descriptor)}); two runs writing one "
+                "folder would lose rows: wait for it to finish, or give this run another folder"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, _lock_record().encode("utf-8"), 0)
+        try:
+            yield target / LOCK_FILE
+        finally:
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 
 Criterion = Literal["balanced_accuracy", "trigger_rate"]
 CRITERIA = ("balanced_accuracy", "trigger_rate")
+
+
+class CalibrationFormatError(ValueError):
+    """A calibration file that :meth:`ThresholdCalibration.save` did not write (or that changed since)."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,65 @@ class ThresholdCalibration:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ThresholdCalibration:
-        """Read what :meth:`save` wrote (the derived balanced accuracy is recomputed, not read)."""
-        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+        """Read what :meth:`save` wrote (the derived balanced accuracy is recomputed, not read).
+
+        Raises :class:`CalibrationFormatError`, naming the file, for anything :meth:`save` does not write: not
+        JSON, missing or unknown fields, or a field of another type (a threshold ``"0.5"`` or ``true``) or out
+        of range."""
+        try:
+            stored = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CalibrationFormatError(f"{path} is not a calibration file ({err})") from err
+        problem = _calibration_problem(stored)
+        if problem:
+            raise CalibrationFormatError(f"{path}: {problem}")
         stored.pop("balanced_accuracy", None)
         return cls(**stored)
+
+
+# The JSON type of each field :meth:`ThresholdCalibration.save` writes (exactly: no strings or booleans for
+# numbers); ``balanced_accuracy`` is written too but recomputed on load.
+_FIELD_TYPES = {
+    "threshold": float,
+    "criterion": str,
+    "trigger_rate_true": float,
+    "trigger_rate_false": float,
+    "n_true": int,
+    "n_false": int,
+}
+
+
+def _calibration_problem(stored: object) -> str | None:
+    """What is wrong with the JSON of a calibration file, or None."""
+    if not isinstance(stored, dict):
+        return f"expected a JSON object, got {type(stored).__name__}"
+    types = {**_FIELD_TYPES, "balanced_accuracy": float}
+    missing = sorted(set(_FIELD_TYPES) - set(stored))
+    unknown = sorted(set(stored) - set(types))
+    if missing or unknown:
+        return f"missing fields {missing}, unknown fields {unknown}"
+    for name, value in stored.items():
+        if type(value) is not types[name]:
+            return f"{name} must be a JSON {types[name].__name__}, got {value!r}"
+        if types[name] is float and not 0.0 <= value <= 1.0:
+            return f"{name} must be in [0, 1], got {value!r}"
+    if stored["criterion"] not in CRITERIA:
+        return f"criterion must be one of {CRITERIA}, got {stored['criterion']!r}"
+    if stored["n_true"] < 0 or stored["n_false"] < 0:
+        return f"counts must be >= 0, got n_true {stored['n_true']} and n_false {stored['n_false']}"
+    return None
+
+
+def load_calibration_if_valid(path: str | os.PathLike) -> ThresholdCalibration | None:
+    """The calibration stored at ``path``; None when there is none, or when the file is corrupt (a cache entry:
+    a warning names it and the caller computes the calibration again, overwriting the file)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return ThresholdCalibration.load(path)
+    except (OSError, CalibrationFormatError) as err:
+        warnings.warn(f"{err}; calibrating again", stacklevel=2)
+        return None
 
 
 def calibration_path(folder: str | os.PathLike, back_steps: int) -> Path:

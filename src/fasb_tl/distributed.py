@@ -7,12 +7,16 @@ process and the merged results equal a single process's, not merely within float
 finished its share of a row group it saves it in ``shards/<row group>/rank<r>-of-<w>.json`` before the
 merge, so after a crash only the ranks that had not finished redo their share; rank 0 writes every result
 row, the other ranks only keep them in memory. The result folder must be on a file system every rank sees.
+A shard file carries the SHA-256 of its payload; one that is unreadable or fails its checksum is a cache
+entry gone bad, so the rank warns (naming the file) and computes its share again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -131,16 +135,53 @@ def sharded_map(
     if not shard.distributed:
         return compute(list(items))
     path = store / f"rank{shard.rank}-of-{shard.world_size}.json" if store is not None else None
-    if path is not None and path.is_file():
-        local = {int(i): decode(v) for i, v in json.loads(path.read_text(encoding="utf-8")).items()}
+    stored = _read_shard(path) if path is not None and path.is_file() else None
+    if stored is not None:
+        local = {int(i): decode(v) for i, v in stored.items()}
     else:
         local = {}
         for batch in shard.batches(len(items), batch_size):
             for index, result in zip(batch, compute([items[i] for i in batch])):
                 local[index] = result
         if path is not None:
-            atomic_write_text(path, json.dumps({i: encode(r) for i, r in local.items()}))
+            atomic_write_text(path, _shard_text({i: encode(r) for i, r in local.items()}))
     merged = shard.gather(local)
     if sorted(merged) != list(range(len(items))):
         raise RuntimeError(f"shards returned items {sorted(merged)[:10]}... for {len(items)} inputs")
     return [merged[i] for i in range(len(items))]
+
+
+def _digest(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _shard_text(payload: dict) -> str:
+    """A shard file: the JSON payload as text and its SHA-256."""
+    body = json.dumps(payload)
+    return json.dumps({"sha256": _digest(body), "payload": body})
+
+
+def _read_shard(path: Path) -> dict | None:
+    """The payload of the shard file ``path``, or None (with a warning naming it) when it is unreadable, not a
+    shard file, or fails its checksum: the caller then computes that share again and overwrites the file."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        stored, problem = None, f"unreadable: {err}"
+    else:
+        problem = _shard_problem(stored)
+    if problem is None:
+        return json.loads(stored["payload"])
+    warnings.warn(
+        f"ignoring the shard file {path} ({problem}); computing this rank's share again", stacklevel=3
+    )
+    return None
+
+
+def _shard_problem(stored: Any) -> str | None:
+    """Why the parsed shard file ``stored`` cannot be used, or None."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("payload"), str):
+        return "not a shard file with a checksum"
+    if _digest(stored["payload"]) != stored.get("sha256"):
+        return "its SHA-256 does not match its payload"
+    return None

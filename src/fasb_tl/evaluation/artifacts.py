@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from fasb_tl.activations import collect_head_activations
-from fasb_tl.calibration import ThresholdCalibration, calibration_path
+from fasb_tl.calibration import ThresholdCalibration, calibration_path, load_calibration_if_valid
 from fasb_tl.evaluation.sharding import load_or_compute
 from fasb_tl.fitting import model_meta, steerer_from_activations
 from fasb_tl.steering import Steerer, SteererFormatError
@@ -66,13 +66,14 @@ class ArtifactCache:
     def calibration(
         self, steerer_name: str, back_steps: int, calibrate: Callable[[], ThresholdCalibration]
     ) -> ThresholdCalibration:
-        """The threshold calibration stored beside the Steerer ``steerer_name``."""
+        """The threshold calibration stored beside the Steerer ``steerer_name`` (calibrated again when that
+        file is missing or corrupt)."""
         path = calibration_path(self.ctx.steerer_dir / steerer_name, back_steps)
         return self._get(
             ("calibration", steerer_name, back_steps),
             lambda: load_or_compute(
                 self.ctx.shard,
-                lambda: ThresholdCalibration.load(path) if path.is_file() else None,
+                lambda: load_calibration_if_valid(path),
                 calibrate,
                 lambda calibration: calibration.save(path),
             ),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fasb_tl._version import __version__
-from fasb_tl.evaluation.results import row_key
+from fasb_tl.evaluation.results import IDENTITY_FIELDS, row_key
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.models import model_name
 
@@ -36,8 +36,12 @@ def row_identity(
 ) -> dict:
     """The fields that name a row (its key is their hash): task, model, method, ``fields`` (the fold), the
     variant's fields, the full task config, and the CAA config for CAA rows. Plain rows carry no variant
-    fields and other methods no CAA config, so adding either kind of row leaves every other key unchanged."""
+    fields and other methods no CAA config, so adding either kind of row leaves every other key unchanged.
+    Only :data:`~fasb_tl.evaluation.results.IDENTITY_FIELDS` may name a row, so a stored key can be checked."""
     identity = {"task": task, "model": model_name(model), "method": method, **fields, **variant.identity()}
+    unknown = sorted(set(identity) - set(IDENTITY_FIELDS))
+    if unknown:
+        raise ValueError(f"row identity fields must be among {IDENTITY_FIELDS}, got {unknown}")
     identity["config"] = asdict(config)
     if method == "caa":
         identity["caa"] = asdict(caa)

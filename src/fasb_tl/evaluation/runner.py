@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from fasb_tl.caa import CAAConfig
 from fasb_tl.data import load_truthfulqa
-from fasb_tl.distributed import Shard
+from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.context import EvalContext
 from fasb_tl.evaluation.detection import run_detection
 from fasb_tl.evaluation.judges import DEFAULT_JUDGES, make_judges
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
+from fasb_tl.evaluation.sharding import open_result_folder
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAFolds, run_mc
 from fasb_tl.evaluation.truthfulqa_generation import run_generation
 from fasb_tl.evaluation.variants import Variant, plan_variants
@@ -72,10 +73,22 @@ def run_plan(
 ) -> None:
     """Run every task of ``plan`` into ``out``; rows already there are skipped (resume). With a distributed
     ``shard`` (default: the initialised process group, if any) the ranks split the work and rank 0 writes.
-    Fitted Steerers are kept in ``steerer_dir`` (default ``out/steerers``), so result folders can share them."""
-    ctx = EvalContext.create(
-        model, out, shard=shard, progress=progress, steerer_dir=steerer_dir, data_dir=data_dir
-    )
+    Fitted Steerers are kept in ``steerer_dir`` (default ``out/steerers``), so result folders can share them.
+    The run holds ``out`` throughout (:func:`~fasb_tl.evaluation.sharding.open_result_folder`): a second run
+    into the same folder is refused before any work, so two runs never overwrite each other's rows."""
+    shard = shard or current_shard()
+    with open_result_folder(Path(out), shard):
+        _run_tasks(
+            EvalContext.create(
+                model, out, shard=shard, progress=progress, steerer_dir=steerer_dir, data_dir=data_dir
+            ),
+            plan,
+            data_dir,
+        )
+
+
+def _run_tasks(ctx: EvalContext, plan: EvalPlan, data_dir: str | None) -> None:
+    """Each task of ``plan`` into ``ctx``'s folder; TruthfulQA's detection, then MC, then generation."""
     for task in plan.tasks:
         # The ranks start each task together, after rank 0 has written the previous task's rows.
         ctx.shard.barrier()

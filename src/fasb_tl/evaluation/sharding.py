@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from fasb_tl._io import folder_lock
 from fasb_tl.distributed import Shard
 from fasb_tl.evaluation.results import ResultStore, row_key
 
@@ -25,6 +27,41 @@ def load_or_compute(
             save(value)
         shard.barrier()
     return value
+
+
+# The result folders this process holds (on every rank alike), so that a run inside a held folder nests.
+_HELD: set[Path] = set()
+
+
+@contextmanager
+def open_result_folder(folder: Path, shard: Shard) -> Iterator[None]:
+    """Hold the result ``folder`` for a run: rank 0 locks it (:func:`fasb_tl._io.folder_lock`, refused at once
+    when another process holds it) and prepares it (:meth:`ResultStore.prepare_for_writing`) before any work;
+    the other ranks learn the outcome from rank 0, so they fail with it instead of waiting for it. The lock is
+    released when the block ends, however it ends. Only rank 0 writes the folder's rows, so it alone locks.
+    Inside a block that holds ``folder`` already (e.g. one around several ``run_plan`` calls) this does nothing."""
+    name = folder.resolve()
+    if name in _HELD:
+        yield
+        return
+    with ExitStack() as held:
+        problem = None
+        if shard.is_main:
+            try:
+                held.enter_context(folder_lock(folder))
+                ResultStore(folder).prepare_for_writing()
+            except Exception as err:
+                if not shard.distributed:
+                    raise
+                problem = err
+        message = shard.from_main(None if problem is None else f"{type(problem).__name__}: {problem}")
+        if problem is not None:
+            raise problem
+        if message is not None:
+            raise RuntimeError(f"rank 0 could not open the result folder {folder}: {message}")
+        _HELD.add(name)
+        held.callback(_HELD.discard, name)
+        yield
 
 
 class ShardedRows:
