@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fasb_tl._io import LOCK_FILE, FolderLockedError, folder_lock
+from fasb_tl._io import LOCK_FILE, FolderLockedError, folder_lock, temp_prefix
 from fasb_tl.calibration import (
     CalibrationFormatError,
     ThresholdCalibration,
@@ -209,13 +209,14 @@ def test_a_kill_between_the_jsonl_and_the_csv_is_repaired_on_opening(tmp_path):
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
     assert len(pd.read_csv(tmp_path / "results.csv")) == 1  # stale: the jsonl has two rows
-    assert (tmp_path / f".results.csv.{killed.pid}.tmp").is_file()
+    leftover = tmp_path / f"{temp_prefix(tmp_path / 'results.csv', killed.pid)}tmp"
+    assert leftover.is_file()
     ResultStore(tmp_path)  # reading repairs nothing
-    assert (tmp_path / f".results.csv.{killed.pid}.tmp").is_file()
+    assert leftover.is_file()
     with open_result_folder(tmp_path, Shard()):
         pass
     assert pd.read_csv(tmp_path / "results.csv")["value"].tolist() == [1, 2]
-    assert not (tmp_path / f".results.csv.{killed.pid}.tmp").exists()
+    assert not leftover.exists()
     (tmp_path / "results.csv").write_text("key,value\nsomething,else\n")
     with open_result_folder(tmp_path, Shard()):
         assert pd.read_csv(tmp_path / "results.csv")["value"].tolist() == [1, 2]
@@ -223,8 +224,17 @@ def test_a_kill_between_the_jsonl_and_the_csv_is_repaired_on_opening(tmp_path):
 
 def test_opening_removes_only_the_stores_own_temporary_files(tmp_path):
     ResultStore(tmp_path).add({"key": row_key(n=1)})
-    stale = [".results.jsonl.123.tmp", ".results.csv.99.tmp"]
-    others = [".results.jsonl.tmp", "results.jsonl.5.tmp", ".results.jsonl.5a.tmp", ".answers.csv.5.tmp"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [f"{temp_prefix(tmp_path / name, dead.pid)}tmp" for name in ("results.jsonl", "results.csv")]
+    alive = [f"{temp_prefix(tmp_path / 'results.jsonl', os.getpid())}tmp"]
+    others = [
+        *alive,
+        ".results.jsonl.tmp",
+        "results.jsonl.5.tmp",
+        ".results.jsonl.5a.tmp",
+        ".answers.csv.5.tmp",
+    ]
     others += [".results.jsonl.5.tmp.keep", "notes.txt"]
     for name in stale + others:
         (tmp_path / name).write_text("x")

@@ -14,11 +14,15 @@ A created folder gets the mode the process umask gives a new folder (``mkdtemp``
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,20 +191,7 @@ def replace_dir(build: Callable[[Path], object], target: Path) -> Path:
     return target
 
 
-# Stale temporary files and folder locks. (Their imports are local so that this section stays apart from the
-# rest of the module.)
-
-
-def stale_temp_files(path: str | os.PathLike) -> list[Path]:
-    """The temporary files :func:`atomic_write` leaves beside ``path`` when its writer is killed before the
-    rename (``.{name}.{pid}.tmp``); no other file matches."""
-    import re
-
-    target = Path(path)
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.\d+\.tmp")
-    if not target.parent.is_dir():
-        return []
-    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+# Folder locks.
 
 
 LOCK_FILE = ".fasb.lock"
@@ -212,8 +203,6 @@ class FolderLockedError(RuntimeError):
 
 def _lock_owner(descriptor: int) -> str:
     """What the lock file says about its holder (informative only: the kernel holds the lock, not the file)."""
-    import json
-
     try:
         owner = json.loads(os.pread(descriptor, 65536, 0).decode("utf-8"))
         return f"pid {owner['pid']} on {owner['host']}, running {owner['command']!r} since {owner['since']}"
@@ -223,11 +212,6 @@ def _lock_owner(descriptor: int) -> str:
 
 def _lock_record() -> str:
     """This process as the lock file records it: pid, host, command and start time."""
-    import json
-    import socket
-    import sys
-    import time
-
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
     since = time.strftime("%Y-%m-%d %H:%M:%S")
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": since})
@@ -242,8 +226,6 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     records. The kernel drops the lock when its process exits, however it exits, so the file a killed process
     leaves behind never blocks anyone; the file itself stays (removing it would let two processes lock two files).
     """
-    import fcntl
-
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(target / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)

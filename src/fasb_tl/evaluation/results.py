@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from fasb_tl._io import atomic_write_text, stale_temp_files
+from fasb_tl._io import atomic_write_text, remove_stale_temporaries
 
 RESULTS_FILE = "results.jsonl"
 CSV_FILE = "results.csv"
@@ -115,11 +115,11 @@ class ResultStore:
             atomic_write_text(csv, text)
 
     def prepare_for_writing(self) -> None:
-        """Before a run writes this folder (holding its lock): remove the temporary files killed writes of
-        ``results.jsonl`` / ``results.csv`` left, and rebuild ``results.csv`` from ``results.jsonl``."""
+        """Before a run writes this folder (holding its lock): remove the temporary files that writers of
+        ``results.jsonl`` / ``results.csv`` killed on this host left, and rebuild ``results.csv`` from
+        ``results.jsonl``."""
         for path in (self.path, self.folder / CSV_FILE):
-            for tmp in stale_temp_files(path):
-                tmp.unlink(missing_ok=True)
+            remove_stale_temporaries(path)
         self._write_csv()
 
     def frame(self) -> pd.DataFrame:
