@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.results import ResultStore
@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SteeringSettings:
     """The settings both task configs share: how a Steerer is fitted (val fraction, seed, K, direction, probe
-    backend, extraction batch size) and how it steers (alpha, threshold, back_steps)."""
+    backend, extraction batch size: :attr:`FITTING`) and how it steers (alpha, threshold, back_steps)."""
+
+    FITTING: ClassVar[tuple[str, ...]] = ("val_fraction", "seed", "k", "direction", "backend", "batch_size")
 
     val_fraction: float = 0.2
     seed: int = 42

@@ -1,0 +1,137 @@
+"""Reliability of what the evaluation reuses and reports: model identity of Steerers and cached artifacts,
+tables that never average different configs or models, and command-line values refused before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+import fasb_tl.demo
+import fasb_tl.models
+from fasb_tl.evaluation.artifacts import load_steerer_if_valid
+from fasb_tl.evaluation.context import EvalContext
+from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
+from fasb_tl.evaluation.results import ResultStore
+from fasb_tl.generation import GenerationConfig, generate
+from fasb_tl.models import load_model, model_name, weights_fingerprint
+from fasb_tl.steering import ModelMismatchError, Steerer
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small six-task run on the tiny model, as options.
+TINY_COPA = "--model tiny-random-llama --task copa --n-items 6 --n-pool 10"
+COMMITTED_STEERER = os.path.join(
+    REPOSITORY, "results", "smollm2-135m-instruct", "steerers", "fold0-mass_mean-k24"
+)
+
+
+def tiny_llama_of_seed(folder, seed: int):
+    """A tiny random Llama of the test model's shape and tokenizer, with weights drawn from ``seed``."""
+    import transformers
+
+    vocab, tokenizer = fasb_tl.models._tiny_tokenizer()
+    config, class_name = fasb_tl.models._tiny_config("llama", vocab)
+    config.architectures = [class_name]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        getattr(transformers, class_name)(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load_model(str(folder))
+
+
+@pytest.fixture(scope="module")
+def other_llama(tmp_path_factory):
+    """Same shape as ``tiny_model``, other weights (seed 1), loaded from a folder under another name."""
+    return tiny_llama_of_seed(tmp_path_factory.mktemp("seed1-llama"), seed=1)
+
+
+# -- 2. model identity --------------------------------------------------------------------------------------
+
+
+def test_the_weights_fingerprint_is_stable_across_loads_and_tells_weights_apart(tiny_model, other_llama):
+    again = load_model("tiny-random-llama")
+    assert again is not tiny_model and weights_fingerprint(again) == weights_fingerprint(tiny_model)
+    assert weights_fingerprint(load_model("tiny-random-llama", dtype="bfloat16")) == weights_fingerprint(
+        again
+    )
+    others = [other_llama, *(load_model(f"tiny-random-{a}") for a in ("gpt2", "mistral", "qwen2"))]
+    prints = {weights_fingerprint(model) for model in [tiny_model, *others]}
+    assert len(prints) == 5 and all(len(p) == 16 for p in prints)
+
+
+def test_a_fingerprint_is_computed_once_per_model(tiny_model, monkeypatch):
+    first = weights_fingerprint(tiny_model)
+    monkeypatch.setattr(torch, "linspace", lambda *a, **k: pytest.fail("fingerprint recomputed"))
+    assert weights_fingerprint(tiny_model) == first
+
+
+def test_a_fitted_steerer_records_its_model_and_older_files_still_load(steerer, tiny_model, tmp_path):
+    assert steerer.meta.model_fingerprint == weights_fingerprint(tiny_model)
+    folder = steerer.save(tmp_path / "s")
+    meta = json.loads((folder / "steerer.json").read_text())
+    assert meta["model_fingerprint"] == weights_fingerprint(tiny_model)
+    del meta["model_fingerprint"]  # as written before the field existed
+    (folder / "steerer.json").write_text(json.dumps(meta))
+    old = Steerer.load(folder, model=tiny_model)
+    assert old.meta.model_fingerprint is None
+    # The committed Steerers (no fingerprint) still load and fit their own model (name and shape).
+    committed = Steerer.load(COMMITTED_STEERER)
+    assert committed.meta.model_fingerprint is None
+    own = type("Bridge", (), {"cfg": type("Cfg", (), {"model_name": committed.meta.model_name})})()
+    own.cfg.n_layers, own.cfg.n_heads, own.cfg.d_head = 30, 9, 64
+    committed.check_model(own)
+    own.cfg.model_name = "HuggingFaceTB/SmolLM2-360M-Instruct"
+    with pytest.raises(ModelMismatchError, match="SmolLM2-360M"):
+        committed.check_model(own)
+
+
+def test_a_steerer_is_refused_on_another_model_of_its_shape_unless_allowed(steerer, other_llama, tmp_path):
+    with pytest.raises(ModelMismatchError, match="allow_other_model=True"):
+        steerer.check_model(other_llama)
+    folder = steerer.save(tmp_path / "s")
+    with pytest.raises(ModelMismatchError, match="tiny-random-llama"):
+        Steerer.load(folder, model=other_llama)
+    # Same name, other weights: the fingerprint tells them apart.
+    renamed = replace(steerer, meta=replace(steerer.meta, model_name=model_name(other_llama)))
+    with pytest.raises(ModelMismatchError, match=weights_fingerprint(other_llama)):
+        renamed.check_model(other_llama)
+    # Allowed once, the model accepts Steerers of that origin from then on (copies too).
+    fresh = load_model(model_name(other_llama))  # a copy, so other tests see no accepted origin
+    loaded = Steerer.load(folder)
+    loaded.check_model(fresh, allow_other_model=True)
+    config = GenerationConfig(method="fasb", max_new_tokens=3, back_steps=1)
+    [result] = generate(fresh, ["Q: Is it? A:"], loaded.to("cpu"), config, progress=False)
+    assert len(result.token_ids) == 3
+    with pytest.raises(ModelMismatchError):
+        renamed.check_model(fresh)  # another origin is still refused
+    with pytest.raises(ModelMismatchError):
+        steerer.check_model(other_llama)  # and other model objects accept nothing
+
+
+def test_a_result_folder_shared_by_two_models_keeps_each_models_steerer(
+    tiny_model, other_llama, tmp_path, data_dir
+):
+    config = MultiChoiceConfig(n_pool=12, n_eval=6, k=4, alpha=5.0)
+    for model in (tiny_model, other_llama):
+        ctx = EvalContext.create(model, tmp_path, data_dir=str(data_dir), progress=False)
+        run_multichoice(ctx, task="copa", config=config, methods=("none", "fasb"), protocols=("question",))
+    folders = sorted((tmp_path / "steerers").iterdir())
+    assert len(folders) == 2 and all(f.name.startswith("copa-mass_mean-k4-pool12-") for f in folders)
+    fitted_on = {Steerer.load(f).meta.model_fingerprint for f in folders}
+    assert fitted_on == {weights_fingerprint(tiny_model), weights_fingerprint(other_llama)}
+    rows = ResultStore(tmp_path).rows
+    assert {r["model"] for r in rows} == {model_name(tiny_model), model_name(other_llama)}
+    # Another fitting setting is another Steerer too; steering settings (alpha) share one.
+    for changed in (replace(config, val_fraction=0.25), replace(config, alpha=1.0)):
+        ctx = EvalContext.create(tiny_model, tmp_path, data_dir=str(data_dir), progress=False)
+        run_multichoice(ctx, task="copa", config=changed, methods=("fasb",), protocols=("question",))
+    assert len(list((tmp_path / "steerers").iterdir())) == 3
+
+
+def test_a_stored_steerer_of_another_model_is_not_reused(steerer, tiny_model, other_llama, tmp_path):
+    folder = steerer.save(tmp_path / "s")
+    assert load_steerer_if_valid(folder, tiny_model) is not None
+    assert load_steerer_if_valid(folder, other_llama) is None  # refitted by the cache
