@@ -12,10 +12,18 @@ import torch
 
 import fasb_tl.demo
 import fasb_tl.models
+from fasb_tl.cli import main
 from fasb_tl.evaluation.artifacts import load_steerer_if_valid
 from fasb_tl.evaluation.context import EvalContext
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
 from fasb_tl.evaluation.results import ResultStore
+from fasb_tl.evaluation.tables import (
+    Column,
+    config_sections,
+    multichoice_table,
+    truthfulqa_table,
+    uncertainty_table,
+)
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import load_model, model_name, weights_fingerprint
 from fasb_tl.steering import ModelMismatchError, Steerer
@@ -135,3 +143,60 @@ def test_a_stored_steerer_of_another_model_is_not_reused(steerer, tiny_model, ot
     folder = steerer.save(tmp_path / "s")
     assert load_steerer_if_valid(folder, tiny_model) is not None
     assert load_steerer_if_valid(folder, other_llama) is None  # refitted by the cache
+
+
+# -- 3. tables per config and model -------------------------------------------------------------------------
+
+
+def rows_of(alpha: float, accuracy: float, model: str = "m", caa: float | None = None) -> list[dict]:
+    base = {"model": model, "config": {"alpha": alpha, "k": 4}}
+    rows = [
+        {**base, "task": "copa", "method": "iti", "accuracy": accuracy, "per_item": {"correct": [accuracy]}},
+        {**base, "task": "truthfulqa-mc", "method": "iti", "mc1": accuracy, "mc2": accuracy, "fold": 0},
+    ]
+    if caa is not None:
+        rows.append({**base, "task": "copa", "method": "caa", "accuracy": caa, "caa": {"multiplier": caa}})
+    for row in rows:
+        row["item_ids"] = ["a"]
+    return rows
+
+
+def test_tables_keep_runs_of_different_alpha_apart():
+    rows = rows_of(5.0, 0.2) + rows_of(10.0, 0.8)
+    six = multichoice_table(rows)
+    assert six.loc["iti [alpha=5.0]", "copa"] == pytest.approx(20.0)
+    assert six.loc["iti [alpha=10.0]", "copa"] == pytest.approx(80.0)
+    assert "iti" not in six.index
+    tqa = truthfulqa_table(rows)
+    assert list(tqa.index) == ["iti [alpha=5.0]", "iti [alpha=10.0]"]
+    assert tqa.loc["iti [alpha=10.0]", "MC2 (paper)"] == pytest.approx(80.0)
+    frame = uncertainty_table(rows, {"copa": Column("copa", ("correct",), "paper")})
+    assert frame.loc["iti [alpha=5.0]", "copa"].startswith("20.0")
+    # One config: the plain labels, as before.
+    assert list(multichoice_table(rows_of(5.0, 0.2)).index) == ["iti"]
+
+
+def test_table_sections_are_labelled_by_what_differs_and_caa_configs_stay_apart():
+    rows = rows_of(5.0, 0.2, caa=1.0) + rows_of(5.0, 0.2, caa=2.0) + rows_of(5.0, 0.6, model="other")
+    labels = [label for label, _ in config_sections(rows, ["copa"])]
+    assert labels == [
+        "model=m, caa.multiplier=1.0",
+        "model=m, caa.multiplier=2.0",
+        "model=other, caa.multiplier=-",
+    ]
+    six = multichoice_table(rows)
+    assert six.loc["caa [model=m, caa.multiplier=2.0]", "copa"] == pytest.approx(200.0)
+    # The config's other rows join each of its CAA sections.
+    assert six.loc["iti [model=m, caa.multiplier=2.0]", "copa"] == pytest.approx(20.0)
+    assert six.loc["iti [model=other, caa.multiplier=-]", "copa"] == pytest.approx(60.0)
+
+
+def test_two_eval_runs_of_different_alpha_print_separate_rows(tmp_path, data_dir, capsys):
+    args = ["eval", *TINY_COPA.split(), "--methods", "none,iti", "--k", "4", "--data-dir", str(data_dir)]
+    args += ["--out", str(tmp_path)]
+    assert main([*args, "--alpha", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--alpha", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "| iti [alpha=1.0] |" in printed and "| iti [alpha=5.0] |" in printed
+    assert len(list((tmp_path / "steerers").iterdir())) == 1  # alpha does not refit
