@@ -12,11 +12,14 @@ import torch
 
 import fasb_tl.demo
 import fasb_tl.models
-from fasb_tl.cli import main
+from fasb_tl.caa import CAAConfig
+from fasb_tl.cli import _config, build_parser, main
+from fasb_tl.demo import DemoConfig
 from fasb_tl.evaluation.artifacts import load_steerer_if_valid
 from fasb_tl.evaluation.context import EvalContext
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
 from fasb_tl.evaluation.results import ResultStore
+from fasb_tl.evaluation.runner import EvalPlan, run_plan, sweep_plans
 from fasb_tl.evaluation.tables import (
     Column,
     config_sections,
@@ -24,6 +27,7 @@ from fasb_tl.evaluation.tables import (
     truthfulqa_table,
     uncertainty_table,
 )
+from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
 from fasb_tl.generation import GenerationConfig, generate
 from fasb_tl.models import load_model, model_name, weights_fingerprint
 from fasb_tl.steering import ModelMismatchError, Steerer
@@ -200,3 +204,125 @@ def test_two_eval_runs_of_different_alpha_print_separate_rows(tmp_path, data_dir
     printed = capsys.readouterr().out
     assert "| iti [alpha=1.0] |" in printed and "| iti [alpha=5.0] |" in printed
     assert len(list((tmp_path / "steerers").iterdir())) == 1  # alpha does not refit
+
+
+# -- 10. command-line values refused before any work --------------------------------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a command loads a model."""
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded before the bad value was refused")
+
+    monkeypatch.setattr(fasb_tl.models, "load_model", refuse)
+    monkeypatch.setattr(fasb_tl.demo, "load_model", refuse)
+
+
+BAD_VALUES = [
+    (["eval", "--task", ""], "--task"),
+    (["eval", "--task", "copa,gsm8k"], "--task"),
+    (["eval", "--methods", ","], "--methods"),
+    (["eval", "--methods", "fasbb"], "--methods"),
+    (["eval", "--protocols", ","], "--protocols"),
+    (["eval", "--judges", "bleu"], "--judges"),
+    (["eval", "--controls", "sideways"], "--controls"),
+    (["eval", "--thresholds", "adaptive"], "--thresholds"),
+    (["eval", "--n-items", "0"], "--n-items"),
+    (["eval", "--n-gen", "-5"], "--n-gen"),
+    (["eval", "--n-mc", "0"], "--n-mc"),
+    (["eval", "--n-pool", "0"], "--n-pool"),
+    (["eval", "--n-pool", "1"], "--n-pool"),
+    (["eval", "--n-random", "0"], "--n-random"),
+    (["eval", "--model", ""], "--model"),
+    (["eval", "--k", "0"], "--k"),
+    (["eval", "--alpha", "nan"], "--alpha"),
+    (["eval", "--alpha", "-1"], "--alpha"),
+    (["eval", "--threshold", "1.5"], "--threshold"),
+    (["eval", "--back-steps", "-1"], "--back-steps"),
+    (["eval", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["eval", "--caa-multiplier", "-1"], "--caa-multiplier"),
+    (["eval", "--caa-layer", "-1"], "--caa-layer"),
+    (["eval", "--dtype", "float8"], "--dtype"),
+    (["eval", "--task", "truthfulqa", "--no-mc", "--no-generation"], "--no-mc"),
+    (["sweep", "--grid-threshold", "0.5,2"], "--grid-threshold"),
+    (["sweep", "--grid-alpha", "1,abc"], "--grid-alpha"),
+    (["sweep", "--grid-alpha", ","], "--grid-alpha"),
+    (["sweep", "--grid-k", "4,0"], "--grid-k"),
+    (["sweep", "--grid-back-steps", "1.5"], "--grid-back-steps"),
+    (["demo", "--k", "0"], "--k"),
+    (["demo", "--model", ""], "--model"),
+    (["bench", "--repeats", "0"], "--repeats"),
+    (["fit", "--batch-size", "0"], "--batch-size"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_a_bad_value_is_refused_before_any_work_naming_its_option(argv, flag, no_model, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--out", str(tmp_path / "out")])
+    errors = capsys.readouterr().err.strip().splitlines()
+    message = errors[-1] if stop.value.code == 2 else str(stop.value.code)  # argparse's line, or ours
+    assert stop.value.code != 0 and flag in message
+    assert "alpha" not in message or "alpha" in flag  # the CAA multiplier is not reported as alpha
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep", "demo", "bench", "fit"])
+def test_an_unusable_out_folder_is_refused_before_any_work(command, no_model, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: check what an unprivileged user would be told
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: real(p, m) and os.stat(p).st_mode & 0o200 != 0)
+    for out in (a_file, a_file / "sub", locked, locked / "new"):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--out", str(out)])
+        assert stop.value.code != 0 and "--out" in capsys.readouterr().err
+    locked.chmod(0o755)
+
+
+def test_settings_that_do_not_fit_the_model_stop_before_any_row(tmp_path, data_dir, capsys):
+    common = [*TINY_COPA.split(), "--methods", "none,caa", "--data-dir", str(data_dir)]
+    common += ["--out", str(tmp_path)]
+    cases = [
+        (["eval", "--k", "4", "--caa-layer", "99"], "--caa-layer", "[0, 1]"),
+        (["eval", "--k", "24"], "--k", "n_layers x n_heads = 8"),
+        (["sweep", "--k", "4", "--grid-k", "4,99"], "--grid-k", "got 99"),
+    ]
+    for argv, flag, expected in cases:
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, *common])
+        assert flag in str(stop.value.code) and expected in str(stop.value.code)
+        assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_the_demo_takes_k_and_names_it_when_the_model_has_fewer_heads(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--model", "tiny-random-llama", "--out", str(tmp_path)])
+    assert "--k" in str(stop.value.code) and "= 8, got 24" in str(stop.value.code)
+    args = build_parser().parse_args(["demo", "--model", "tiny-random-llama", "--k", "4"])
+    assert _config(DemoConfig, args).k == 4  # run_demo with it: tests/test_scoring_and_demo.py
+
+
+def test_the_library_checks_every_grid_point_and_setting_before_running(tiny_model, tmp_path):
+    plan = EvalPlan(tasks=["copa"], methods=["fasb"])
+    with pytest.raises(ValueError, match="threshold must be in"):
+        sweep_plans(plan, {"threshold": [0.5, 2.0]})
+    with pytest.raises(ValueError, match="multiplier"):
+        CAAConfig(multiplier=-1)
+    with pytest.raises(ValueError, match="n_generation"):
+        TruthfulQAConfig(n_generation=-5)
+    with pytest.raises(ValueError, match="n_pool"):
+        MultiChoiceConfig(n_pool=0)
+    for empty in ({"tasks": []}, {"methods": []}, {"protocols": []}):
+        with pytest.raises(ValueError):
+            EvalPlan(**{"tasks": ["copa"], "methods": ["fasb"], **empty})
+    too_many = EvalPlan(tasks=["copa"], methods=["none", "fasb"], multichoice=MultiChoiceConfig(k=9))
+    with pytest.raises(ValueError, match="k: expected K <= n_layers x n_heads = 8"):
+        run_plan(tiny_model, too_many, tmp_path, progress=False)
+    assert not (tmp_path / "results.jsonl").exists()

@@ -38,6 +38,14 @@ class MultiChoiceConfig(SteeringSettings):
     n_pool: int = 300
     n_eval: int | None = 200
 
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """The shared checks and the sizes (a pool of 2 items or more: probes need a training item)."""
+        return {
+            **super().checks(),
+            "n_pool": (self.n_pool >= 2, ">= 2"),
+            "n_eval": (self.n_eval is None or self.n_eval >= 1, "None or >= 1"),
+        }
+
 
 def option_bank(records: Sequence[ChoiceRecord]) -> ProbeBank:
     """``context + option`` for every option, labelled 1 for the gold option, grouped by item."""

@@ -38,6 +38,7 @@ from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.rows import RowSpec, row_identity
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.fitting import control_steerer
+from fasb_tl.generation_config import HISTORIES
 from fasb_tl.methods import ALL_METHODS
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
 from fasb_tl.scoring import ChoiceScores
@@ -58,6 +59,18 @@ class TruthfulQAConfig(SteeringSettings):
     n_mc: int | None = None
     n_generation: int | None = None
     generation_batch_size: int = 8
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """The shared checks and the protocol's own."""
+        return {
+            **super().checks(),
+            "n_folds": (self.n_folds >= 2, ">= 2"),
+            "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
+            "history": (self.history in HISTORIES, f"one of {HISTORIES}"),
+            "n_mc": (self.n_mc is None or self.n_mc >= 1, "None or >= 1"),
+            "n_generation": (self.n_generation is None or self.n_generation >= 1, "None or >= 1"),
+            "generation_batch_size": (self.generation_batch_size >= 1, ">= 1"),
+        }
 
 
 def mc_metrics(
