@@ -34,6 +34,13 @@ class CAAConfig:
     layer: int | None = None
     multiplier: float = 1.0
 
+    def __post_init__(self) -> None:
+        # The multiplier is the scorer's and the decode loop's alpha for CAA rows: the same rule, said here.
+        if self.layer is not None and not self.layer >= 0:
+            raise ValueError(f"CAA layer must be None (the middle layer) or >= 0, got {self.layer!r}")
+        if not 0 <= self.multiplier < float("inf"):
+            raise ValueError(f"CAA multiplier must be >= 0 and finite, got {self.multiplier!r}")
+
 
 @dataclass
 class ResidualSteerer:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -43,19 +45,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not 0 <= args.fold < len(splits):
         raise SystemExit(f"--fold must be in [0, {len(splits) - 1}], got {args.fold}")
     model = _load(args)
-    steerer = fit_steerer(
-        model,
-        records,
-        splits[args.fold],
-        k=args.k,
-        direction=args.direction,
-        backend=args.backend,
-        seed=args.seed,
-        dataset=args.dataset,
-        fold=args.fold,
-        probe_format=args.probe_format,
-        batch_size=args.batch_size,
-    )
+    with _k_named(args):
+        steerer = fit_steerer(
+            model,
+            records,
+            splits[args.fold],
+            k=args.k,
+            direction=args.direction,
+            backend=args.backend,
+            seed=args.seed,
+            dataset=args.dataset,
+            fold=args.fold,
+            probe_format=args.probe_format,
+            batch_size=args.batch_size,
+        )
     steerer.save(out, overwrite=args.overwrite)
     figure = plot_head_accuracy(steerer.val_accuracy, steerer.heads, title=f"{args.model} on {args.dataset}")
     heatmap = save_figure(figure, out / "head_accuracy.png")
@@ -85,11 +88,25 @@ def _calibrate(args: argparse.Namespace, model, steerer, held_out, out: Path) ->
     )
 
 
+@contextmanager
+def _k_named(args: argparse.Namespace) -> Iterator[None]:
+    """Name ``--k`` when it asks for more heads than the model has (known once the model is loaded)."""
+    from fasb_tl.probes import ProbeError
+
+    try:
+        yield
+    except ProbeError as err:
+        if not str(err).startswith("k must"):
+            raise
+        raise SystemExit(f"fasb {args.command}: error: argument --k: {err}") from err
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on the embedded model."""
     from fasb_tl.demo import DemoConfig, run_demo
 
-    run_demo(_config(DemoConfig, args))
+    with _k_named(args):
+        run_demo(_config(DemoConfig, args))
     return 0
 
 
@@ -106,13 +123,23 @@ def _split(text: str) -> list[str]:
 
 
 def _plan(args: argparse.Namespace):
+    """The plan the options describe; a bad or empty value stops here, before a model is loaded."""
+    from fasb_tl.evaluation.runner import ALL_TASKS
+
+    tasks = list(ALL_TASKS) if _split(args.task) == ["all"] else _split(args.task)
+    steering = {"k": args.k, "alpha": args.alpha, "threshold": args.threshold, "back_steps": args.back_steps}
+    try:
+        return _eval_plan(args, tasks, steering)
+    except ValueError as err:  # the options' own checks leave little to find here
+        raise SystemExit(f"fasb {args.command}: error: {err}") from err
+
+
+def _eval_plan(args: argparse.Namespace, tasks: list[str], steering: dict):
     from fasb_tl.caa import CAAConfig
     from fasb_tl.evaluation.multichoice import MultiChoiceConfig
-    from fasb_tl.evaluation.runner import ALL_TASKS, EvalPlan
+    from fasb_tl.evaluation.runner import EvalPlan
     from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
 
-    tasks = list(ALL_TASKS) if args.task == "all" else _split(args.task)
-    steering = {"k": args.k, "alpha": args.alpha, "threshold": args.threshold, "back_steps": args.back_steps}
     return EvalPlan(
         tasks=tasks,
         methods=_split(args.methods),
@@ -150,6 +177,23 @@ def _print_tables(out: Path) -> None:
     print(f"Rows: {out / 'results.jsonl'} (also results.csv)")
 
 
+def _check_fits(args: argparse.Namespace, model, plans: list) -> None:
+    """Stop before any row when a setting does not fit the loaded model (K heads, the CAA layer)."""
+    flags = {"k": "--grid-k" if getattr(args, "grid_k", None) else "--k", "caa_layer": "--caa-layer"}
+    problems = {name: problem for plan in plans for name, problem in plan.model_problems(model).items()}
+    if problems:
+        found = "; ".join(f"argument {flags[name]}: {problem}" for name, problem in problems.items())
+        raise SystemExit(f"fasb {args.command}: error: {found}")
+
+
+def _holding(out: str, shard):
+    """The result folder held for the whole command, before the model loads: a second run into it is refused
+    at once, and a sweep keeps it between its points (``run_plan`` nests inside)."""
+    from fasb_tl.evaluation.sharding import open_result_folder
+
+    return open_result_folder(Path(out), shard)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate methods on tasks into a resumable result folder (data-parallel under torchrun)."""
     from fasb_tl.distributed import init_from_env
@@ -157,7 +201,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     plan = _plan(args)
     shard = init_from_env()
-    run_plan(_load(args, shard), plan, args.out, data_dir=args.data_dir, shard=shard)
+    with _holding(args.out, shard):
+        model = _load(args, shard)
+        _check_fits(args, model, [plan])
+        run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
     if shard.is_main:
         _print_tables(Path(args.out))
     return 0
@@ -168,18 +215,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fasb_tl.distributed import init_from_env
     from fasb_tl.evaluation.runner import run_plan, sweep_plans
 
-    grid = {}
-    for name, cast in GRID_SETTINGS.items():
-        values = getattr(args, f"grid_{name}")
-        if values:
-            grid[name] = [cast(v) for v in _split(values)]
-    plans = sweep_plans(_plan(args), grid)
+    grid = {name: getattr(args, f"grid_{name}") for name in GRID_SETTINGS if getattr(args, f"grid_{name}")}
+    try:  # every grid point is checked here, before the first one runs
+        plans = sweep_plans(_plan(args), grid)
+    except ValueError as err:
+        raise SystemExit(f"fasb sweep: error: {err}") from err
     shard = init_from_env()
-    model = _load(args, shard)
-    for index, plan in enumerate(plans, start=1):
-        if shard.is_main:
-            print(f"sweep point {index}/{len(plans)}")
-        run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
+    with _holding(args.out, shard):
+        model = _load(args, shard)
+        _check_fits(args, model, plans)
+        for index, plan in enumerate(plans, start=1):
+            if shard.is_main:
+                print(f"sweep point {index}/{len(plans)}")
+            run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
     if shard.is_main:
         print(
             f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"
@@ -191,7 +239,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure decoding, monitoring, backtracking, probe fitting and extraction side by side."""
     from fasb_tl.bench import BenchConfig, run_bench
 
-    run_bench(_config(BenchConfig, args), args.out)
+    with _k_named(args):
+        run_bench(_config(BenchConfig, args), args.out)
     return 0
 
 
@@ -204,8 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fasb`` command."""
+    from fasb_tl._io import FolderLockedError
+    from fasb_tl.evaluation.results import ResultFileError
+
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (FolderLockedError, ResultFileError) as err:  # the user's folder, not a bug: no traceback
+        raise SystemExit(f"fasb {args.command}: error: {err}") from err
 
 
 if __name__ == "__main__":

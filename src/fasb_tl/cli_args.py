@@ -4,30 +4,110 @@ options several commands share. :mod:`fasb_tl.cli` attaches a handler to each co
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from fasb_tl.data import DATASETS
 from fasb_tl.data.prompts import PROBE_FORMATS
-from fasb_tl.directions import DIRECTION_KINDS
+from fasb_tl.directions import CONTROL_KINDS, DIRECTION_KINDS
+from fasb_tl.evaluation.judges import JUDGE_NAMES
+from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
+from fasb_tl.evaluation.variants import THRESHOLD_MODES
 from fasb_tl.generation_config import HISTORIES
 from fasb_tl.methods import ALL_METHODS
+from fasb_tl.models import DTYPES
 from fasb_tl.probes import BACKENDS
 from fasb_tl.run_config import RunConfig
+from fasb_tl.scoring import PROTOCOLS
 
 DATA_DIR_HELP = (
     "folder with one subfolder per dataset (default: $FASB_TL_DATA, else the repository's data/, else the "
     "TruthfulQA copy installed with the package)"
 )
 
+# Option checkers: argparse ``type=`` functions, so a bad value stops the command before anything runs, with
+# an error that names the option and what it expects.
+
+
+def number(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
+    """One finite ``kind`` (int or float) value, at least ``low`` and at most ``high``."""
+    bounds = [f"{sign} {bound:g}" for sign, bound in ((">=", low), ("<=", high)) if bound is not None]
+    if low is not None and high is not None:
+        bounds = [f"in [{low:g}, {high:g}]"]
+    expected = " ".join(["an integer" if kind is int else "a finite number", *bounds])
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        inside = (low is None or value >= low) and (high is None or value <= high)
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+def numbers(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], list]:
+    """A comma list of :func:`number` values (``""``: none)."""
+    one = number(kind, low, high)
+    return lambda text: [one(part.strip()) for part in text.split(",")] if text.strip() else []
+
+
+def names(choices: Sequence[str], *, empty: bool = False, alone: Sequence[str] = ()) -> Callable[[str], str]:
+    """A comma list of ``choices`` (at least one unless ``empty``), or one of ``alone`` by itself; the text is
+    kept as given."""
+    expected = f"a comma list of {', '.join(choices)}" + "".join(f", or {a}" for a in alone)
+
+    def parse(text: str) -> str:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [part for part in parts if part not in choices]
+        if (not parts and not empty) or (unknown and parts not in [[a] for a in alone]):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return text
+
+    return parse
+
+
+def nonempty(text: str) -> str:
+    """Any text but an empty or blank one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty value, got ''")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder that exists and is writable, or that can be created in a writable folder."""
+    folder = Path(nonempty(text)).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, expected a folder")
+    parent = next(p for p in (folder, *folder.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        problem = "is a file" if not parent.is_dir() else "is not writable"
+        raise argparse.ArgumentTypeError(f"cannot write to {text!r}: {parent} {problem}")
+    return text
+
+
 # The options more than one command takes, each spelled once; their defaults are RunConfig's where it has one.
 SHARED_OPTIONS: dict[str, dict] = {
-    "--model": {"default": RunConfig.model, "help": "model name, local HF folder or Hub id"},
+    "--model": {
+        "type": nonempty,
+        "default": RunConfig.model,
+        "help": "model name, local HF folder or Hub id",
+    },
     "--data-dir": {"default": None, "help": DATA_DIR_HELP},
-    "--k": {"type": int, "default": RunConfig.k, "help": "number of heads to steer"},
-    "--alpha": {"type": float, "default": RunConfig.alpha},
-    "--threshold": {"type": float, "default": 0.6},
-    "--back-steps": {"type": int, "default": RunConfig.back_steps},
-    "--max-new-tokens": {"type": int, "default": RunConfig.max_new_tokens},
+    "--k": {
+        "type": number(int, 1),
+        "default": RunConfig.k,
+        "help": "number of heads to steer, at most n_layers x n_heads (8 on the tiny test models)",
+    },
+    "--alpha": {"type": number(float, 0), "default": RunConfig.alpha},
+    "--threshold": {"type": number(float, 0, 1), "default": 0.6},
+    "--back-steps": {"type": number(int, 0), "default": RunConfig.back_steps},
+    "--max-new-tokens": {"type": number(int, 1), "default": RunConfig.max_new_tokens},
 }
 
 
@@ -46,7 +126,7 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="accelerate device map over several GPUs, e.g. auto (not with --device)",
     )
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
 
 
 def add_fit_options(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +142,8 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     add_shared(parser, "--k")
     parser.add_argument("--direction", default="mass_mean", choices=DIRECTION_KINDS)
     parser.add_argument("--backend", default="torch", choices=BACKENDS)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", default="runs/steerer", help="Steerer folder to write")
+    parser.add_argument("--batch-size", type=number(int, 1), default=16)
+    parser.add_argument("--out", type=output_folder, default="runs/steerer", help="Steerer folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing Steerer folder")
     parser.add_argument(
         "--probe-format",
@@ -81,9 +161,13 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
 
 def add_demo_options(parser: argparse.ArgumentParser) -> None:
     """``fasb demo``: the fields of :class:`~fasb_tl.demo.DemoConfig` it lets one change."""
-    add_shared(parser, "--model", "--alpha", "--threshold", "--back-steps", threshold={"default": 0.45})
-    parser.add_argument("--n-show", type=int, default=4, help="held-out questions to answer side by side")
-    parser.add_argument("--out", default="runs/demo")
+    add_shared(
+        parser, "--model", "--k", "--alpha", "--threshold", "--back-steps", threshold={"default": 0.45}
+    )
+    parser.add_argument(
+        "--n-show", type=number(int, 0), default=4, help="held-out questions to answer side by side"
+    )
+    parser.add_argument("--out", type=output_folder, default="runs/demo")
 
 
 def add_eval_options(parser: argparse.ArgumentParser) -> None:
@@ -92,30 +176,44 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     add_placement_options(parser)
     parser.add_argument(
         "--task",
+        type=names(("truthfulqa", *TASKS, *ALTERNATIVE_TASKS), alone=("all",)),
         default="truthfulqa",
         help="truthfulqa, copa, storycloze, nli, mmlu, sst2, winogrande, xnli_en, a comma list, or all",
     )
     parser.add_argument(
-        "--methods", default=",".join(ALL_METHODS), help=f"a comma list of {', '.join(ALL_METHODS)}"
+        "--methods",
+        type=names(ALL_METHODS),
+        default=",".join(ALL_METHODS),
+        help=f"a comma list of {', '.join(ALL_METHODS)}",
     )
     parser.add_argument(
-        "--caa-layer", type=int, default=None, help="CAA residual layer (default: the middle)"
+        "--caa-layer", type=number(int, 0), default=None, help="CAA residual layer (default: the middle)"
     )
-    parser.add_argument("--caa-multiplier", type=float, default=1.0, help="CAA vector multiplier")
+    parser.add_argument("--caa-multiplier", type=number(float, 0), default=1.0, help="CAA vector multiplier")
     parser.add_argument(
-        "--protocols", default="paper,question", help="MC protocols for the monitored methods"
+        "--protocols",
+        type=names(PROTOCOLS),
+        default="paper,question",
+        help="MC protocols for the monitored methods",
     )
     add_shared(parser, "--data-dir", "--k", "--alpha", "--threshold", "--back-steps")
     parser.add_argument("--history", default="reference", choices=HISTORIES)
     add_shared(parser, "--max-new-tokens")
-    parser.add_argument("--n-mc", type=int, default=None, help="TruthfulQA MC questions (default: all 817)")
     parser.add_argument(
-        "--n-gen", type=int, default=200, help="TruthfulQA generation questions (seeded subset)"
+        "--n-mc", type=number(int, 1), default=None, help="TruthfulQA MC questions (default: all 817)"
     )
-    parser.add_argument("--n-items", type=int, default=200, help="evaluation items per multiple-choice task")
-    parser.add_argument("--n-pool", type=int, default=300, help="probe-pool items per multiple-choice task")
+    parser.add_argument(
+        "--n-gen", type=number(int, 1), default=200, help="TruthfulQA generation questions (seeded subset)"
+    )
+    parser.add_argument(
+        "--n-items", type=number(int, 1), default=200, help="evaluation items per multiple-choice task"
+    )
+    parser.add_argument(
+        "--n-pool", type=number(int, 2), default=300, help="probe-pool items per multiple-choice task"
+    )
     parser.add_argument(
         "--judges",
+        type=names(JUDGE_NAMES),
         default="bleu-proxy,rouge1-proxy,info-proxy",
         help="bleu-proxy, rouge1-proxy, info-proxy, allenai-truth, allenai-info",
     )
@@ -128,30 +226,40 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mc", action="store_true", help="skip TruthfulQA multiple choice")
     parser.add_argument(
         "--controls",
+        type=names(CONTROL_KINDS, empty=True),
         default="",
         help="comma-separated direction controls run beside every steering method: reversed, random",
     )
-    parser.add_argument("--n-random", type=int, default=3, help="seeds of the random-direction control")
+    parser.add_argument(
+        "--n-random", type=number(int, 1), default=3, help="seeds of the random-direction control"
+    )
     parser.add_argument(
         "--thresholds",
+        type=names(THRESHOLD_MODES),
         default="fixed",
         help="fixed (the --threshold value) and/or calibrated (per fold, on held-out answers in the "
         "generation format; TruthfulQA only)",
     )
-    parser.add_argument("--out", default="runs/eval")
+    parser.add_argument("--out", type=output_folder, default="runs/eval")
 
 
-# The settings a sweep can take a grid of.
-GRID_SETTINGS = {"alpha": float, "threshold": float, "back_steps": int, "k": int}
+# The settings a sweep can take a grid of, each with the checker of its comma list of values.
+GRID_SETTINGS = {
+    "alpha": numbers(float, 0),
+    "threshold": numbers(float, 0, 1),
+    "back_steps": numbers(int, 0),
+    "k": numbers(int, 1),
+}
 
 
 def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     """``fasb sweep``: the options of ``fasb eval`` and a comma list of values per setting of the grid."""
     add_eval_options(parser)
-    for name in GRID_SETTINGS:
+    for name, values in GRID_SETTINGS.items():
         parser.add_argument(
             f"--grid-{name.replace('_', '-')}",
             dest=f"grid_{name}",
+            type=values,
             default="",
             help=f"comma-separated values of {name}",
         )
@@ -160,12 +268,12 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
     """``fasb bench``: the fields of :class:`~fasb_tl.bench.BenchConfig` it lets one change, and the folder."""
     add_shared(parser, "--model")
-    parser.add_argument("--n-prompts", type=int, default=16)
+    parser.add_argument("--n-prompts", type=number(int, 1), default=16)
     add_shared(parser, "--max-new-tokens", "--k")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed repeats of the fit and extraction stages"
+        "--repeats", type=number(int, 1), default=3, help="timed repeats of the fit and extraction stages"
     )
-    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--out", type=output_folder, default="runs/bench")
 
 
 # name, help and options of each command, in the order ``fasb --help`` lists them.

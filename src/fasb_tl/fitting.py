@@ -26,7 +26,7 @@ from fasb_tl.directions import (
     head_directions,
     projection_std,
 )
-from fasb_tl.models import model_name
+from fasb_tl.models import model_name, weights_fingerprint
 from fasb_tl.probes import Backend, HeadProbes, ProbeError
 from fasb_tl.steering import Steerer, SteererMeta
 
@@ -81,10 +81,12 @@ def steerer_from_activations(
 
 
 def model_meta(model: TransformerBridge, direction: DirectionKind, **provenance: Any) -> SteererMeta:
-    """Steerer metadata for ``model`` (name and shape) plus provenance fields (dataset, seed, fold, sizes)."""
+    """Steerer metadata for ``model`` (name, weights fingerprint and shape) plus provenance fields (dataset,
+    seed, fold, sizes)."""
     cfg = model.cfg
     return SteererMeta(
         model_name=model_name(model),
+        model_fingerprint=weights_fingerprint(model),
         n_layers=int(cfg.n_layers),
         n_heads=int(cfg.n_heads),
         d_head=int(cfg.d_head),

@@ -8,6 +8,7 @@ place that turns text into ids.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -134,6 +135,9 @@ _TINY_GPT2 = {
     "n_positions": 1024,
     "initializer_range": 0.2,
 }
+# Three layers under a sliding window of TINY_WINDOW (which of them slide is set per architecture).
+_TINY_SLIDING = {**_TINY_ROTARY, "num_hidden_layers": 3, "sliding_window": TINY_WINDOW}
+_GEMMA3_LAYERS = ["sliding_attention", "full_attention", "sliding_attention"]
 # architecture -> (transformers config class, model class, config parameters besides the special tokens)
 _TINY_SPECS: dict[str, tuple[str, str, dict]] = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {**_TINY_ROTARY, "num_hidden_layers": 2, "head_dim": 16}),
@@ -143,30 +147,13 @@ _TINY_SPECS: dict[str, tuple[str, str, dict]] = {
     "qwen2": (
         "Qwen2Config",
         "Qwen2ForCausalLM",
-        {
-            **_TINY_ROTARY,
-            "num_hidden_layers": 3,
-            "use_sliding_window": True,
-            "sliding_window": TINY_WINDOW,
-            "max_window_layers": 1,
-        },
+        {**_TINY_SLIDING, "use_sliding_window": True, "max_window_layers": 1},
     ),
-    "mistral": (
-        "MistralConfig",
-        "MistralForCausalLM",
-        {**_TINY_ROTARY, "num_hidden_layers": 3, "head_dim": 16, "sliding_window": TINY_WINDOW},
-    ),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {**_TINY_SLIDING, "head_dim": 16}),
     "gemma3": (
         "Gemma3TextConfig",
         "Gemma3ForCausalLM",
-        {
-            **_TINY_ROTARY,
-            "num_hidden_layers": 3,
-            "head_dim": 16,
-            "query_pre_attn_scalar": 16,
-            "sliding_window": TINY_WINDOW,
-            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
-        },
+        {**_TINY_SLIDING, "head_dim": 16, "query_pre_attn_scalar": 16, "layer_types": _GEMMA3_LAYERS},
     ),
 }
 TINY_ARCHITECTURES = tuple(_TINY_SPECS)
@@ -312,6 +299,23 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
 def model_name(model: TransformerBridge) -> str:
     """The name a bridge was booted with (used to tie artifacts to a model)."""
     return str(getattr(model.cfg, "model_name", "unknown"))
+
+
+def weights_fingerprint(model: TransformerBridge) -> str:
+    """A short hash of the weights, kept on ``model`` after the first call (later in-place changes go unseen):
+    the config's shape and each parameter's name, shape and signs of 64 evenly spaced entries. Rounding keeps
+    signs, so loads of the same weights agree in every dtype and on every device; other seeds differ."""
+    if getattr(model, "_fasb_fingerprint", None) is None:
+        shape = [getattr(model.cfg, n, None) for n in ("n_layers", "n_heads", "d_head", "d_model", "d_vocab")]
+        digest = hashlib.sha256(repr(shape).encode())
+        for name, param in getattr(model, "original_model", model).named_parameters():
+            digest.update(f"{name}{tuple(param.shape)}".encode())
+            if param.numel() and not param.is_meta:
+                flat = param.detach().reshape(-1)
+                picked = flat[torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()]
+                digest.update(picked.sign().to(torch.int8).cpu().numpy().tobytes())
+        model._fasb_fingerprint = digest.hexdigest()[:16]
+    return model._fasb_fingerprint
 
 
 def encode(model: TransformerBridge, text: str) -> list[int]:

@@ -26,7 +26,7 @@ from fasb_tl._io import replace_dir
 from fasb_tl._version import __version__
 from fasb_tl.activations import HeadsByLayer, hook_z_name
 from fasb_tl.intervention import Hooks, ModelMismatchError, SteeringScale, intervening
-from fasb_tl.models import model_name
+from fasb_tl.models import model_name, weights_fingerprint
 from fasb_tl.probes import HeadProbes, heads_table
 from fasb_tl.steerer_file import (
     FORMAT_VERSION,
@@ -78,16 +78,26 @@ class SteererMeta:
     n_val: int | None = None
     library_version: str = field(default_factory=_library_version)
     format_version: int = FORMAT_VERSION
+    model_fingerprint: str | None = None  # models.weights_fingerprint; None in older files
 
-    def check_model(self, model: TransformerBridge) -> None:
-        """Raise :class:`ModelMismatchError` unless ``model`` has this layer/head/d_head shape."""
-        cfg = model.cfg
+    def check_model(self, model: TransformerBridge, allow_other_model: bool = False) -> None:
+        """Raise :class:`ModelMismatchError` unless ``model`` has this shape and is the model fitted on (same
+        name and, if recorded, weights fingerprint); ``allow_other_model=True`` accepts this origin on ``model``."""
+        cfg, name, origin = model.cfg, model_name(model), (self.model_name, self.model_fingerprint)
         ours = (self.n_layers, self.n_heads, self.d_head)
         theirs = (int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head))
         if ours != theirs:
             raise ModelMismatchError(
                 f"Steerer fitted on {self.model_name!r} with (n_layers, n_heads, d_head) = {ours}, "
-                f"but the model {model_name(model)!r} has {theirs}"
+                f"but the model {name!r} has {theirs}"
+            )
+        accepted = getattr(model, "_fasb_accepted", set())
+        if allow_other_model:
+            model._fasb_accepted = accepted | {origin}
+        elif origin not in accepted and origin != (its := (name, origin[1] and weights_fingerprint(model))):
+            raise ModelMismatchError(
+                f"Steerer fitted on (model, weights fingerprint) {origin}, but the model is {its}; to use it "
+                "anyway, load it without model= and call check_model(model, allow_other_model=True)"
             )
 
 
@@ -180,9 +190,9 @@ class Steerer:
         """Gather the K heads' vectors from per-layer hook_z tensors ``[..., head, d_head]``."""
         return self._by_layer.gather(z_by_layer)
 
-    def check_model(self, model: TransformerBridge) -> None:
-        """Raise :class:`ModelMismatchError` unless ``model`` has this Steerer's layer/head/d_head shape."""
-        self.meta.check_model(model)
+    def check_model(self, model: TransformerBridge, allow_other_model: bool = False) -> None:
+        """Raise :class:`ModelMismatchError` unless ``model`` is the one fitted on (:meth:`SteererMeta.check_model`)."""
+        self.meta.check_model(model, allow_other_model)
 
     def steering_hooks(self, scale: SteeringScale) -> Hooks:
         """Hooks on the K heads' hook_z adding ``scale * sigma_k * v_k`` (nothing while the scale is None)."""

@@ -1,13 +1,18 @@
 """What the evaluation fits before it scores: Steerers, threshold calibrations and CAA vectors.
 
 :class:`ArtifactCache` loads or computes each once, and keeps Steerers and calibrations under ``steerer_dir``
-by name (``fold{i}-{direction}-k{k}`` for TruthfulQA, ``{task}-{direction}-k{k}-pool{n_pool}`` for the six
-tasks), so reruns and other result folders reuse them. :func:`fit_on_bank` is the one way the evaluation fits
-a Steerer.
+by name (``fold{i}-{direction}-k{k}-{hash}`` for TruthfulQA, ``{task}-{direction}-k{k}-pool{n_pool}-{hash}``
+for the six tasks, where ``hash`` (:meth:`ArtifactCache.name`) covers the model's name and weights fingerprint,
+the fitting settings and the prompts, labels and split fitted on), so reruns and other result folders reuse
+them, and a folder shared by several models, data folders or settings never mixes them. A stored Steerer
+whose recorded model is not the run's is refitted. :func:`fit_on_bank` is the one way the evaluation fits a
+Steerer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,25 +21,28 @@ import torch
 
 from fasb_tl.activations import collect_head_activations
 from fasb_tl.calibration import ThresholdCalibration, calibration_path, load_calibration_if_valid
+from fasb_tl.evaluation.context import SteeringSettings
 from fasb_tl.evaluation.sharding import load_or_compute
 from fasb_tl.fitting import model_meta, steerer_from_activations
-from fasb_tl.steering import Steerer, SteererFormatError
+from fasb_tl.models import model_name, weights_fingerprint
+from fasb_tl.steering import ModelMismatchError, Steerer, SteererFormatError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
     from fasb_tl.caa import ResidualSteerer
     from fasb_tl.data import ProbeBank
-    from fasb_tl.evaluation.context import EvalContext, SteeringSettings
+    from fasb_tl.evaluation.context import EvalContext
 
 T = TypeVar("T")
 
 
 def load_steerer_if_valid(folder: Path, model: TransformerBridge) -> Steerer | None:
-    """The Steerer saved in ``folder`` for ``model``, or None when there is none (or it is unreadable)."""
+    """The Steerer saved in ``folder`` for ``model``, or None when there is none, it is unreadable, or it was
+    fitted on another model (another name, shape or weights fingerprint)."""
     try:
         return Steerer.load(folder, model=model)
-    except SteererFormatError:
+    except (SteererFormatError, ModelMismatchError):
         return None
 
 
@@ -49,6 +57,18 @@ class ArtifactCache:
         if key not in self._values:
             self._values[key] = compute()
         return self._values[key]
+
+    def name(self, label: str, settings: SteeringSettings, *data: Any) -> str:
+        """``label`` and a short hash of what an artifact depends on: the model (name and weights fingerprint),
+        the fitting fields of ``settings`` and ``data`` (prompts, labels, split masks: lists or tensors)."""
+        identity = {
+            "model": model_name(self.ctx.model),
+            "weights": weights_fingerprint(self.ctx.model),
+            "settings": {name: getattr(settings, name) for name in SteeringSettings.FITTING},
+            "data": data,
+        }
+        text = json.dumps(identity, sort_keys=True, default=lambda value: value.tolist())
+        return f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
     def steerer(self, name: str, fit: Callable[[], Steerer]) -> Steerer:
         """The Steerer ``steerer_dir/name``, fitted by ``fit`` and saved there when it is missing or unreadable."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from fasb_tl.directions import DIRECTION_KINDS
 from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.sharding import ShardedRows
+from fasb_tl.methods import MethodSettings
+from fasb_tl.probes import BACKENDS
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -17,7 +20,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SteeringSettings:
     """The settings both task configs share: how a Steerer is fitted (val fraction, seed, K, direction, probe
-    backend, extraction batch size) and how it steers (alpha, threshold, back_steps)."""
+    backend, extraction batch size: :attr:`FITTING`) and how it steers (alpha, threshold, back_steps)."""
+
+    FITTING: ClassVar[tuple[str, ...]] = ("val_fraction", "seed", "k", "direction", "backend", "batch_size")
 
     val_fraction: float = 0.2
     seed: int = 42
@@ -28,6 +33,27 @@ class SteeringSettings:
     threshold: float = 0.6
     back_steps: int = 10
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        MethodSettings(alpha=self.alpha, threshold=self.threshold, back_steps=self.back_steps)  # shared rules
+        wrong = [
+            f"{name} must be {rule}, got {getattr(self, name)!r}"
+            for name, (ok, rule) in self.checks().items()
+            if not ok
+        ]
+        if wrong:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(wrong))
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """Each setting's check beyond alpha, threshold and back_steps: (passes, the rule); subclasses add
+        theirs."""
+        return {
+            "val_fraction": (0 < self.val_fraction < 1, "in (0, 1)"),
+            "k": (self.k >= 1, ">= 1"),
+            "direction": (self.direction in DIRECTION_KINDS, f"one of {DIRECTION_KINDS}"),
+            "backend": (self.backend in BACKENDS, f"one of {BACKENDS}"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+        }
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -36,6 +37,14 @@ class MultiChoiceConfig(SteeringSettings):
 
     n_pool: int = 300
     n_eval: int | None = 200
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """The shared checks and the sizes (a pool of 2 items or more: probes need a training item)."""
+        return {
+            **super().checks(),
+            "n_pool": (self.n_pool >= 2, ">= 2"),
+            "n_eval": (self.n_eval is None or self.n_eval >= 1, "None or >= 1"),
+        }
 
 
 def option_bank(records: Sequence[ChoiceRecord]) -> ProbeBank:
@@ -70,18 +79,26 @@ def run_multichoice(
     def identity(method: str, variant: Variant) -> dict:
         return row_identity(ctx.model, task=task, method=method, config=config, caa=caa, variant=variant)
 
-    def pool() -> list[ChoiceRecord]:
-        return sample(load_task(task, "pool", ctx.data_dir), config.n_pool, config.seed)
-
-    def fit() -> Steerer:
-        items = pool()
+    @cache
+    def pool_bank() -> tuple[ProbeBank, torch.Tensor]:
+        """The pool's option bank and which of its prompts hold out items for head selection."""
+        items = sample(load_task(task, "pool", ctx.data_dir), config.n_pool, config.seed)
         bank = option_bank(items)
         n_val = max(1, round(len(items) * config.val_fraction))
         val_items = torch.from_numpy(np.random.RandomState(config.seed).permutation(len(items))[:n_val])
-        return fit_on_bank(ctx, bank, torch.isin(bank.groups, val_items), config, dataset=task)
+        return bank, torch.isin(bank.groups, val_items)
+
+    def steerer_name() -> str:
+        bank, is_val = pool_bank()
+        label = f"{task}-{config.direction}-k{config.k}-pool{config.n_pool}"
+        return artifacts.name(label, config, bank.prompts, bank.labels, is_val)
+
+    def fit() -> Steerer:
+        bank, is_val = pool_bank()
+        return fit_on_bank(ctx, bank, is_val, config, dataset=task)
 
     def fit_caa_vector() -> ResidualSteerer:
-        bank = option_bank(pool())
+        bank, _ = pool_bank()
         return fit_caa(
             ctx.model,
             bank.prompts,
@@ -95,9 +112,8 @@ def run_multichoice(
     steered, caa_rows = choice_specs(
         identity, methods, protocols, [v for v in variants if not v.calibrated], config, caa
     )
-    name = f"{task}-{config.direction}-k{config.k}-pool{config.n_pool}"
     groups = [
-        (steered, lambda: artifacts.steerer(name, fit)),
+        (steered, lambda: artifacts.steerer(steerer_name(), fit)),
         (caa_rows, lambda: artifacts.caa(task, fit_caa_vector)),
     ]
     for specs, steerer in groups:

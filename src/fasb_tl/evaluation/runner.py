@@ -13,14 +13,16 @@ from fasb_tl.data import load_truthfulqa
 from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.context import EvalContext
 from fasb_tl.evaluation.detection import run_detection
-from fasb_tl.evaluation.judges import DEFAULT_JUDGES, make_judges
+from fasb_tl.evaluation.judges import DEFAULT_JUDGES, JUDGE_NAMES, make_judges
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
 from fasb_tl.evaluation.sharding import open_result_folder
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAFolds, run_mc
 from fasb_tl.evaluation.truthfulqa_generation import run_generation
 from fasb_tl.evaluation.variants import Variant, plan_variants
-from fasb_tl.methods import check_methods
+from fasb_tl.methods import ALL_METHODS, check_methods
+from fasb_tl.models import model_name
+from fasb_tl.scoring import PROTOCOL_METHODS, PROTOCOLS
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -48,12 +50,37 @@ class EvalPlan:
     thresholds: Sequence[str] = ("fixed",)
 
     def __post_init__(self) -> None:
+        # Every bad or empty value fails now, before a model is loaded, not hours later; the task configs
+        # check their own settings when they are made (each point of a sweep too).
         known = (*ALL_TASKS, *ALTERNATIVE_TASKS)
         unknown = [t for t in self.tasks if t not in known]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}: expected some of {known} or 'all'")
+        if unknown or not self.tasks:
+            raise ValueError(f"unknown task(s) {unknown or 'none given'}: expected some of {known} or 'all'")
+        if not self.methods:
+            raise ValueError(f"no methods given: expected some of {ALL_METHODS}")
         check_methods(self.methods)
-        plan_variants(self.controls, self.n_random, self.thresholds)  # bad values fail now, not hours later
+        check_methods(self.protocols, PROTOCOLS, "protocols")
+        if not self.protocols and any(m in PROTOCOL_METHODS for m in self.methods):
+            raise ValueError(f"no protocols for the monitored methods: expected some of {PROTOCOLS}")
+        if [j for j in self.judges if j not in JUDGE_NAMES]:
+            raise ValueError(f"unknown judge(s) in {list(self.judges)}: expected some of {JUDGE_NAMES}")
+        if "truthfulqa" in self.tasks and not (self.mc or self.generation or self.detection):
+            raise ValueError(
+                "TruthfulQA has nothing to run: mc and generation are off (--no-mc, --no-generation) and "
+                "detection is not on (--detection)"
+            )
+        plan_variants(self.controls, self.n_random, self.thresholds)
+
+    def model_problems(self, model: TransformerBridge) -> dict[str, str]:
+        """The settings that do not fit ``model`` (``k``, ``caa_layer``), each with what it expects."""
+        cfg, problems = model.cfg, {}
+        heads, layer = int(cfg.n_layers) * int(cfg.n_heads), self.caa.layer
+        k = max(self.truthfulqa.k if task == "truthfulqa" else self.multichoice.k for task in self.tasks)
+        if k > heads:
+            problems["k"] = f"expected K <= n_layers x n_heads = {heads} of {model_name(model)}, got {k}"
+        if layer is not None and not 0 <= layer < int(cfg.n_layers):
+            problems["caa_layer"] = f"expected a layer in [0, {int(cfg.n_layers) - 1}], got {layer}"
+        return problems
 
     @property
     def variants(self) -> list[Variant]:
@@ -78,6 +105,9 @@ def run_plan(
     into the same folder is refused before any work, so two runs never overwrite each other's rows."""
     shard = shard or current_shard()
     with open_result_folder(Path(out), shard):
+        problems = plan.model_problems(model)
+        if problems:
+            raise ValueError("; ".join(f"{name}: {problem}" for name, problem in problems.items()))
         _run_tasks(
             EvalContext.create(
                 model, out, shard=shard, progress=progress, steerer_dir=steerer_dir, data_dir=data_dir

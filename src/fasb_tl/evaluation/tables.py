@@ -1,9 +1,14 @@
-"""Fold-averaged result tables in the paper's layout, as DataFrames and Markdown."""
+"""Fold-averaged result tables in the paper's layout, as DataFrames and Markdown.
+
+Rows run with another model or config (or CAA config) are never averaged together: each table is built per
+:func:`config_sections` and, when there are several, its row labels say what differs (``fasb [alpha=5.0]``).
+"""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +20,52 @@ from fasb_tl.evaluation.variants import row_variant
 from fasb_tl.methods import ALL_METHODS
 
 METHOD_ORDER = ALL_METHODS
+TRUTHFULQA_TASKS = ("truthfulqa-mc", "truthfulqa-gen")
+
+
+def _settings(row: dict, caa: bool = True) -> dict:
+    """What a row was run with: the model, its config's fields and (``caa``) its CAA config as ``caa.{name}``."""
+    found = {"model": row.get("model"), **row.get("config", {})}
+    return found | ({f"caa.{name}": value for name, value in row.get("caa", {}).items()} if caa else {})
+
+
+def _key(row: dict, caa: bool = True) -> str:
+    return json.dumps(_settings(row, caa), sort_keys=True)
+
+
+def config_sections(rows: list[dict], tasks: Sequence[str]) -> list[tuple[str, list[dict]]]:
+    """The rows of ``tasks`` split by model and full config, CAA rows also by their CAA config (the other rows
+    of a config join each of its CAA sections), in order of appearance; each section is labelled by the
+    settings that tell the sections apart (``alpha=5.0, model=...``; ``-`` where a section lacks one)."""
+    chosen = [
+        (row, _key(row, False), _key(row) if "caa" in row else None) for row in rows if row["task"] in tasks
+    ]
+    sections: dict[str, dict[str, dict]] = {}
+    for row, base, full in chosen:
+        caas = sections.setdefault(base, {})
+        if full is not None:
+            caas.setdefault(full, _settings(row))
+    found = []
+    for base, caas in sections.items():
+        for full, settings in (caas or {base: json.loads(base)}).items():
+            found.append((settings, [r for r, b, f in chosen if b == base and f in (None, full)]))
+    names = dict.fromkeys(name for settings, _ in found for name in settings)
+    differ = [n for n in names if len({json.dumps(s.get(n, "-"), sort_keys=True) for s, _ in found}) > 1]
+    return [(", ".join(f"{n}={s.get(n, '-')}" for n in differ), part) for s, part in found]
+
+
+def _per_config(rows: list[dict], tasks: Sequence[str], build: Callable[[list[dict]], pd.DataFrame]):
+    """``build(rows)`` when the rows of ``tasks`` share one model and config, else one ``build`` per
+    :func:`config_sections` section, its row labels suffixed with what tells the section apart."""
+    sections = config_sections(rows, tasks)
+    if len(sections) <= 1:
+        return build(rows)
+    frames = []
+    for label, part in sections:
+        frame = build(part)
+        frame.index = [f"{method} [{label}]" for method in frame.index]
+        frames.append(frame)
+    return pd.concat(frames)
 
 
 def _fold_mean(rows: list[dict], task: str, metric: str, variant: str = "") -> dict[str, float]:
@@ -43,9 +94,14 @@ def _judge_names(rows: list[dict]) -> tuple[list[str], list[str]]:
 
 
 def truthfulqa_table(rows: list[dict], variant: str = "") -> pd.DataFrame:
-    """Table 1: True, Info, True*Info (per truth judge) and MC1/MC2 (per protocol), fold-averaged, in %.
+    """Table 1: True, Info, True*Info (per truth judge) and MC1/MC2 (per protocol), fold-averaged, in %, per
+    model and config (:func:`config_sections`).
 
     ``variant`` selects a control (``reversed``, ``random``) or ``calibrated`` instead of the plain methods."""
+    return _per_config(rows, TRUTHFULQA_TASKS, lambda part: _truthfulqa_table(part, variant))
+
+
+def _truthfulqa_table(rows: list[dict], variant: str) -> pd.DataFrame:
     truth, info = _judge_names(rows)
     table = {}
     mc = {metric: _fold_mean(rows, "truthfulqa-mc", metric, variant) for metric in ("mc1", "mc2")}
@@ -68,7 +124,12 @@ def truthfulqa_table(rows: list[dict], variant: str = "") -> pd.DataFrame:
 
 
 def multichoice_table(rows: list[dict], protocol: str = "paper", variant: str = "") -> pd.DataFrame:
-    """Six-task accuracy (%) per method under ``protocol`` (and ``variant``), with the average over tasks."""
+    """Six-task accuracy (%) per method under ``protocol`` (and ``variant``), with the average over tasks, per
+    model and config (:func:`config_sections`)."""
+    return _per_config(rows, TASKS, lambda part: _multichoice_table(part, protocol, variant))
+
+
+def _multichoice_table(rows: list[dict], protocol: str, variant: str) -> pd.DataFrame:
     table = {}
     for method in METHOD_ORDER:
         line = {}
@@ -150,7 +211,16 @@ def uncertainty_table(
 ) -> pd.DataFrame:
     """Cells ``value ± half-width`` (%, 95% bootstrap CI over questions); ``(ns)`` marks a difference from
     ``baseline`` (the plain, unsteered method) on the same questions that a paired permutation test does not
-    find at ``level``. ``variant`` selects a control or the calibrated threshold."""
+    find at ``level``. ``variant`` selects a control or the calibrated threshold. Per model and config
+    (:func:`config_sections`), so the baseline is always of the same config."""
+    tasks = [column.task for column in columns.values()]
+    options = {"baseline": baseline, "variant": variant, "level": level, "seed": seed}
+    return _per_config(rows, tasks, lambda part: _uncertainty_table(part, columns, **options))
+
+
+def _uncertainty_table(
+    rows: list[dict], columns: Mapping[str, Column], *, baseline: str, variant: str, level: float, seed: int
+) -> pd.DataFrame:
     table = {}
     for method in METHOD_ORDER:
         line = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.rows import RowSpec, row_identity
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.fitting import control_steerer
+from fasb_tl.generation_config import HISTORIES
 from fasb_tl.methods import ALL_METHODS
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
 from fasb_tl.scoring import ChoiceScores
@@ -57,6 +59,18 @@ class TruthfulQAConfig(SteeringSettings):
     n_mc: int | None = None
     n_generation: int | None = None
     generation_batch_size: int = 8
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """The shared checks and the protocol's own."""
+        return {
+            **super().checks(),
+            "n_folds": (self.n_folds >= 2, ">= 2"),
+            "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
+            "history": (self.history in HISTORIES, f"one of {HISTORIES}"),
+            "n_mc": (self.n_mc is None or self.n_mc >= 1, "None or >= 1"),
+            "n_generation": (self.n_generation is None or self.n_generation >= 1, "None or >= 1"),
+            "generation_batch_size": (self.generation_batch_size >= 1, ">= 1"),
+        }
 
 
 def mc_metrics(
@@ -119,6 +133,7 @@ class TruthfulQAFolds:
         self.artifacts = ArtifactCache(ctx)
         self._tuning: torch.Tensor | None = None
         self._prefix: PrefixCache | None = None
+        self._names: dict[int, str] = {}
 
     def identity(self, task: str, method: str, fold: int, variant: Variant = PLAIN) -> dict:
         """The identity of the ``task`` row of ``method`` on ``fold``."""
@@ -133,10 +148,15 @@ class TruthfulQAFolds:
         )
 
     def _steerer_name(self, fold: int) -> str:
-        return f"fold{fold}-{self.config.direction}-k{self.config.k}"
+        if fold not in self._names:
+            cfg, bank, is_val = self.config, *self._train_val_bank(fold)
+            label = f"fold{fold}-{cfg.direction}-k{cfg.k}"
+            data = (bank.prompts, bank.labels, is_val, self._tuning_prompts)
+            self._names[fold] = self.artifacts.name(label, cfg, *data)
+        return self._names[fold]
 
     def steerer(self, fold: int) -> Steerer:
-        """The fold's Steerer (``steerers/fold{i}-{direction}-k{k}``)."""
+        """The fold's Steerer (``steerers/fold{i}-{direction}-k{k}-{hash}``, see :meth:`ArtifactCache.name`)."""
         return self.artifacts.steerer(self._steerer_name(fold), lambda: self._fit(fold))
 
     def steering_for(self, fold: int, variant: Variant) -> Steerer:
@@ -144,9 +164,16 @@ class TruthfulQAFolds:
         steerer = self.steerer(fold)
         return steerer if variant.control is None else control_steerer(steerer, variant.control, variant.seed)
 
-    def _train_val_bank(self, fold: int) -> ProbeBank:
+    def _train_val_bank(self, fold: int) -> tuple[ProbeBank, torch.Tensor]:
+        """The fold's train + val probe bank (one ``probe_bank`` over the train then the val questions) and
+        which of its prompts are val."""
         split = self.splits[fold]
-        return probe_bank([self.records[i] for i in (*split.train, *split.val)])
+        bank = probe_bank([self.records[i] for i in (*split.train, *split.val)])
+        return bank, bank.groups >= len(split.train)
+
+    @cached_property
+    def _tuning_prompts(self) -> list[str]:
+        return tuning_prompts(self.records, self.config.seed)
 
     def _fit(self, fold: int) -> Steerer:
         cfg = self.config
@@ -155,13 +182,12 @@ class TruthfulQAFolds:
         if self._tuning is None:
             self._tuning = collect_head_activations(
                 self.ctx.model,
-                tuning_prompts(self.records, cfg.seed),
+                self._tuning_prompts,
                 batch_size=cfg.batch_size,
                 progress=self.ctx.progress,
                 shard=self.ctx.shard,
             )
-        bank = self._train_val_bank(fold)
-        is_val = bank.groups >= len(self.splits[fold].train)
+        bank, is_val = self._train_val_bank(fold)
         return fit_on_bank(self.ctx, bank, is_val, cfg, dataset="truthfulqa", tuning=self._tuning, fold=fold)
 
     def calibration(self, fold: int) -> ThresholdCalibration:
@@ -194,7 +220,7 @@ class TruthfulQAFolds:
         """The fold's CAA vector from its train + val probe-bank answers."""
 
         def fit() -> ResidualSteerer:
-            bank = self._train_val_bank(fold)
+            bank, _ = self._train_val_bank(fold)
             return fit_caa(
                 self.ctx.model,
                 bank.prompts,
