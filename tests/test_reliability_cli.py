@@ -30,7 +30,7 @@ from fasb_tl.evaluation.tables import (
 )
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
 from fasb_tl.generation import GenerationConfig, generate
-from fasb_tl.models import load_model, model_name, weights_fingerprint
+from fasb_tl.models import evenly_spaced, load_model, model_name, weights_fingerprint
 from fasb_tl.steering import ModelMismatchError, Steerer
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -336,3 +336,11 @@ def test_a_held_result_folder_stops_the_command_before_the_model_loads(command, 
     with folder_lock(out), pytest.raises(SystemExit) as stop:
         main([command, "--task", "copa", "--methods", "none", *extra, "--out", str(out)])
     assert str(stop.value.code).startswith(f"fasb {command}: error: {out} is in use by another process (pid ")
+
+
+def test_the_fingerprint_samples_inside_a_parameter_as_large_as_an_embedding():
+    # 49152 x 576 is SmolLM2's embedding: a float32 linspace to n - 1 rounds to n there and indexed past the end.
+    n = 49152 * 576
+    index = evenly_spaced(n, 64)
+    assert index[0] == 0 and index[-1] == n - 1 and bool((index[1:] > index[:-1]).all())
+    assert int(torch.linspace(0, n - 1, 64)[-1].long()) == n  # the rounding the integer version avoids

@@ -301,6 +301,12 @@ def model_name(model: TransformerBridge) -> str:
     return str(getattr(model.cfg, "model_name", "unknown"))
 
 
+def evenly_spaced(n: int, count: int) -> torch.Tensor:
+    """``count`` evenly spaced indices from 0 to ``n - 1``, in exact integer arithmetic (a float32 linspace
+    rounds past the end for tensors of tens of millions of entries, such as an embedding)."""
+    return torch.arange(count, dtype=torch.long) * (n - 1) // max(count - 1, 1)
+
+
 def weights_fingerprint(model: TransformerBridge) -> str:
     """A short hash of the weights, kept on ``model`` after the first call (later in-place changes go unseen):
     the config's shape and each parameter's name, shape and signs of 64 evenly spaced entries. Rounding keeps
@@ -312,7 +318,7 @@ def weights_fingerprint(model: TransformerBridge) -> str:
             digest.update(f"{name}{tuple(param.shape)}".encode())
             if param.numel() and not param.is_meta:
                 flat = param.detach().reshape(-1)
-                picked = flat[torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()]
+                picked = flat[evenly_spaced(flat.numel(), 64).to(flat.device)]
                 digest.update(picked.sign().to(torch.int8).cpu().numpy().tobytes())
         model._fasb_fingerprint = digest.hexdigest()[:16]
     return model._fasb_fingerprint
