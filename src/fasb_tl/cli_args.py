@@ -215,7 +215,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
         "--judges",
         type=names(JUDGE_NAMES),
         default="bleu-proxy,rouge1-proxy,info-proxy",
-        help="bleu-proxy, rouge1-proxy, info-proxy, allenai-truth, allenai-info",
+        help=", ".join(JUDGE_NAMES),
     )
     parser.add_argument("--no-generation", action="store_true", help="skip TruthfulQA generation")
     parser.add_argument(

@@ -227,14 +227,7 @@ class HeadProbes:
         """One row per head: ``layer``, ``head``, ``train_accuracy`` and, when validation data was scored,
         ``val_accuracy`` with its 95% Wilson interval (``val_low``, ``val_high``) over the ``n_val`` answers."""
         self._require_fitted()
-        layers, heads = self.train_accuracy_.shape
-        frame = pd.DataFrame(
-            {
-                "layer": np.repeat(np.arange(layers), heads),
-                "head": np.tile(np.arange(heads), layers),
-                "train_accuracy": self.train_accuracy_.flatten().numpy(),
-            }
-        )
+        frame = grid_frame(train_accuracy=self.train_accuracy_)
         if self.val_accuracy_ is not None:
             accuracy = self.val_accuracy_.flatten().double().numpy()
             frame["val_accuracy"] = accuracy
@@ -279,6 +272,13 @@ class HeadProbes:
         return torch.tensor([[i // heads, i % heads] for i in best], dtype=torch.long)
 
 
+def grid_frame(**grids: Float[Tensor, "layer head"]) -> pd.DataFrame:
+    """One row per ``(layer, head)``, layer-major, with a column per named ``[layer, head]`` grid."""
+    layers, heads = next(iter(grids.values())).shape
+    columns = {"layer": np.repeat(np.arange(layers), heads), "head": np.tile(np.arange(heads), layers)}
+    return pd.DataFrame(columns | {name: grid.flatten().numpy() for name, grid in grids.items()})
+
+
 def heads_table(
     val_accuracy: Float[Tensor, "layer head"],
     heads: Int[Tensor, "k 2"],
@@ -287,17 +287,7 @@ def heads_table(
 ) -> pd.DataFrame:
     """One row per head: accuracies (``report.to_frame()`` when given, else the validation grid), whether the
     head is one of the K selected ``heads``, its ``rank`` among them (1 = first) and its steering ``sigma``."""
-    if report is not None:
-        frame = report.to_frame()
-    else:
-        layers, n_heads = val_accuracy.shape
-        frame = pd.DataFrame(
-            {
-                "layer": np.repeat(np.arange(layers), n_heads),
-                "head": np.tile(np.arange(n_heads), layers),
-                "val_accuracy": val_accuracy.flatten().double().numpy(),
-            }
-        )
+    frame = report.to_frame() if report is not None else grid_frame(val_accuracy=val_accuracy)
     place = {(layer, head): k for k, (layer, head) in enumerate(heads.tolist())}
     ks = [place.get(pair) for pair in zip(frame["layer"].tolist(), frame["head"].tolist())]
     frame["selected"] = [k is not None for k in ks]

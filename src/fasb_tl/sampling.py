@@ -39,7 +39,8 @@ def choose_token(
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     if config.top_p < 1.0:
         ordered, order = torch.sort(scaled, descending=True)
-        before = torch.softmax(ordered, dim=-1).cumsum(-1) - torch.softmax(ordered, dim=-1)
+        probs = torch.softmax(ordered, dim=-1)
+        before = probs.cumsum(-1) - probs
         # A token stays when the tokens ranked above it hold less than top_p: the first one always stays.
         scaled = scaled.masked_fill(
             torch.zeros_like(scaled, dtype=torch.bool).scatter(0, order, before >= config.top_p),

@@ -94,10 +94,15 @@ class SteererMeta:
         accepted = getattr(model, "_fasb_accepted", set())
         if allow_other_model:
             model._fasb_accepted = accepted | {origin}
-        elif origin not in accepted and origin != (its := (name, origin[1] and weights_fingerprint(model))):
+            return
+        if origin in accepted:
+            return
+        # An older file records no fingerprint: then the name alone must match.
+        theirs_origin = (name, weights_fingerprint(model) if self.model_fingerprint is not None else None)
+        if origin != theirs_origin:
             raise ModelMismatchError(
-                f"Steerer fitted on (model, weights fingerprint) {origin}, but the model is {its}; to use it "
-                "anyway, load it without model= and call check_model(model, allow_other_model=True)"
+                f"Steerer fitted on (model, weights fingerprint) {origin}, but the model is {theirs_origin}; to use "
+                "it anyway, load it without model= and call check_model(model, allow_other_model=True)"
             )
 
 
