@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"steerer_folder"},
     {"steering"},
     {"fitting", "prefix"},
-    {"generation_config", "teacher_forcing"},
+    {"generation_config", "teacher_forcing", "contrastive"},
     {"decoding", "sampling"},
     {"generation", "scoring", "caa", "text_baseline"},
     {"calibration", "plotting"},

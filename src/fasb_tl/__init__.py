@@ -2,6 +2,7 @@
 
 from fasb_tl._version import __version__
 from fasb_tl.activations import collect_head_activations, collect_span_activations
+from fasb_tl.contrastive import fit_steerer_from_pairs
 from fasb_tl.fitting import control_steerer, fit_steerer, steerer_from_activations
 from fasb_tl.generation import GenerationConfig, GenerationResult, generate, generate_many
 from fasb_tl.intervention import Intervention, SteeringScale
@@ -26,6 +27,7 @@ __all__ = [
     "control_steerer",
     "encode",
     "fit_steerer",
+    "fit_steerer_from_pairs",
     "generate",
     "generate_many",
     "load_model",

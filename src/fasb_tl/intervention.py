@@ -10,8 +10,8 @@ of hooks, owned by the Steerer, so steering never depends on whether anything is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
 Hooks = list[tuple[str, HookFn]]
+Positions = Literal["generated"] | slice | None
 
 
 class ModelMismatchError(ValueError):
@@ -74,6 +75,91 @@ class SteeringScale:
                 f"{pos} positions (expected [{batch}, {pos}] or [{batch}, 1])"
             )
         return value.reshape(*value.shape, *([1] * trailing))
+
+
+def check_positions(positions: object) -> Positions:
+    """``positions`` if it is a valid steering window: ``None`` (every position), ``"generated"``, or a slice
+    of absolute positions with non-negative bounds and no step (they count across the forwards of a block,
+    so a negative bound has no fixed meaning)."""
+    if positions is None or positions == "generated":
+        return positions
+    if not isinstance(positions, slice):
+        problem = ValueError if isinstance(positions, str) else TypeError
+        raise problem(f'positions must be None, "generated" or a slice, got {positions!r}')
+    bounds_ok = all(b is None or (isinstance(b, int) and b >= 0) for b in (positions.start, positions.stop))
+    if not bounds_ok or positions.step not in (None, 1):
+        raise ValueError(
+            f"positions must be a slice with non-negative integer bounds and no step, got {positions!r}"
+        )
+    return positions
+
+
+class WindowedScale(SteeringScale):
+    """A number applied only at some absolute positions of the sequence (columns of a padded batch).
+
+    Positions count across the forwards of one block: a forward on top of a KV cache continues where the cache
+    ends (``offset``, set before each forward by :func:`steering_window`). ``"generated"`` is every position
+    from the last one of the block's first forward on: the positions whose logits choose new tokens, so
+    TransformerLens' ``model.generate`` steers the same tokens with and without its KV cache.
+    """
+
+    def __init__(self, scale: float, positions: Positions):
+        super().__init__(scale)
+        self.positions = check_positions(positions)
+        self.offset = 0
+        self.prompt_end: int | None = None
+
+    def fitted_to(self, activations: Tensor, trailing: int) -> Tensor | None:
+        value = super().fitted_to(activations, trailing)
+        if value is None or self.positions is None:
+            return value
+        n_positions = activations.shape[1]
+        if self.prompt_end is None:
+            self.prompt_end = self.offset + n_positions
+        start, stop = self._bounds()
+        columns = torch.arange(self.offset, self.offset + n_positions, device=activations.device)
+        inside = ((columns >= start) & (columns < stop)).to(value.dtype)
+        return (value * inside).reshape(1, n_positions, *([1] * trailing))
+
+    def _bounds(self) -> tuple[int, float]:
+        if self.positions == "generated":
+            return max(self.prompt_end - 1, 0), float("inf")
+        window = self.positions
+        return window.start or 0, float("inf") if window.stop is None else window.stop
+
+
+def _cache_length(kwargs: dict) -> int:
+    """How many positions the KV cache handed to a forward already holds (0 without one)."""
+    cache = kwargs.get("past_key_values")
+    if cache is None:
+        return 0
+    if not callable(getattr(cache, "get_seq_length", None)):
+        raise TypeError(
+            f"steering positions need a transformers Cache as past_key_values, got {type(cache).__name__}"
+        )
+    return int(cache.get_seq_length())
+
+
+@contextmanager
+def steering_window(model: TransformerBridge, value: float, positions: Positions) -> Iterator[SteeringScale]:
+    """The scale for a steering block at ``value`` over ``positions`` (see :class:`WindowedScale`); with a
+    window, module hooks on ``model`` tell the scale where each forward starts, and always go on exit."""
+    if check_positions(positions) is None:
+        yield SteeringScale(value)
+        return
+    scale = WindowedScale(value, positions)
+
+    def before(module: Any, args: tuple, kwargs: dict) -> None:
+        scale.offset = _cache_length(kwargs)
+
+    def after(module: Any, args: tuple, output: Any) -> None:
+        # A forward called without the module hooks (model.forward directly) then starts at position 0.
+        scale.offset = 0
+
+    with ExitStack() as handles:
+        handles.callback(model.register_forward_pre_hook(before, with_kwargs=True).remove)
+        handles.callback(model.register_forward_hook(after).remove)
+        yield scale
 
 
 @runtime_checkable

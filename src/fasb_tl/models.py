@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -242,8 +244,9 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype | str = torch.float32,
     device_map: DeviceMap | None = None,
+    progress: bool = True,
 ) -> TransformerBridge:
-    """Load ``name`` as a TransformerLens bridge.
+    """Load ``name`` as a TransformerLens bridge (TransformerLens 4's ``TransformerBridge``).
 
     ``name`` is one of ``"smollm2-135m-instruct"`` (offline, embedded), ``"gemma-3-270m"`` (offline, optional
     package), ``"tiny-random-{llama,gpt2,gpt-neox,qwen2,mistral,gemma3}"`` (tests; the last three with
@@ -251,10 +254,39 @@ def load_model(
     ``device`` puts the whole model on one device; ``device_map`` (e.g. ``"auto"``, or a dict of module name
     to device, as in transformers) lets accelerate spread its layers over several GPUs instead. ``dtype`` is a
     torch dtype or its name (``"bfloat16"``); steering and probes follow each layer's device and dtype.
+    ``progress=False`` hides transformers' "Loading weights" bar.
+
+    Example::
+
+        model = load_model()  # SmolLM2-135M-Instruct, offline
+        logits, cache = model.run_with_cache("Q: Can pigs fly?\nA:")
     """
     if device is not None and device_map is not None:
         raise ValueError(f"pass device ({device!r}) or device_map ({device_map!r}), not both")
     dtype = resolve_dtype(dtype)
+    with _progress_bars(progress):
+        return _load(name, device, dtype, device_map)
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' own progress bars (its "Loading weights") off for the block unless ``enabled``; the
+    user's global setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()
+
+
+def _load(
+    name: str, device: str | None, dtype: torch.dtype, device_map: DeviceMap | None
+) -> TransformerBridge:
     if name == DEFAULT_MODEL:
         return _boot_folder(SMOLLM2_HUB_ID, converted_gguf_dir(name), device, dtype, device_map)
     if name == "gemma-3-270m":

@@ -25,7 +25,14 @@ from torch import Tensor
 from fasb_tl._io import replace_dir
 from fasb_tl._version import __version__
 from fasb_tl.activations import HeadsByLayer, hook_z_name
-from fasb_tl.intervention import Hooks, ModelMismatchError, SteeringScale, intervening
+from fasb_tl.intervention import (
+    Hooks,
+    ModelMismatchError,
+    Positions,
+    SteeringScale,
+    intervening,
+    steering_window,
+)
 from fasb_tl.models import model_name, weights_fingerprint
 from fasb_tl.probes import HeadProbes, heads_table
 from fasb_tl.steerer_file import (
@@ -240,14 +247,19 @@ class Steerer:
             yield
 
     @contextmanager
-    def steering(self, model: TransformerBridge, alpha: float, strength: float = 1.0) -> Iterator[None]:
-        """Add ``alpha * strength * sigma_k * v_k`` to the K heads at every position of every forward in the
-        block (``model.generate`` included)::
+    def steering(
+        self, model: TransformerBridge, alpha: float, strength: float = 1.0, positions: Positions = None
+    ) -> Iterator[None]:
+        """Add ``alpha * strength * sigma_k * v_k`` to the K heads in every forward in the block
+        (``model.generate`` included), at every position (``positions=None``), only where new tokens are
+        chosen (``"generated"``: from the last prompt position on, the prompt being the block's first forward),
+        or at a slice of absolute positions (counted across a KV cache's forwards, so cached and uncached
+        generation steer the same tokens)::
 
-            with steerer.steering(model, alpha=15):
-                text = model.generate("Q: Can pigs fly?\\nA:", max_new_tokens=20)
+            with steerer.steering(model, alpha=15, positions="generated"):
+                text = model.generate("Q: Can pigs fly?\\nA:", max_new_tokens=20, do_sample=False)
         """
-        with self.attach(model, SteeringScale(alpha * strength)):
+        with steering_window(model, alpha * strength, positions) as scale, self.attach(model, scale):
             yield
 
     @contextmanager
