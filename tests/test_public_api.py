@@ -189,3 +189,11 @@ def test_pair_split_keeps_pairs_whole_and_is_seeded():
 def test_load_model_progress_controls_the_loading_bar(capfd, progress):
     load_model("tiny-random-llama", progress=progress)
     assert ("Loading weights" in capfd.readouterr().err) is progress
+
+
+def test_a_model_that_is_not_a_bridge_is_refused_by_name(steerer):
+    hf_model = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="TransformerBridge.*torch.nn.modules.linear.Linear"):
+        collect_head_activations(hf_model, ["Q: A:"])
+    with pytest.raises(TypeError, match="TransformerBridge"), steerer.steering(hf_model, alpha=1.0):
+        pass

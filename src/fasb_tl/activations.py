@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fasb_tl.distributed import Shard
-from fasb_tl.models import check_context, encode
+from fasb_tl.models import check_bridge, check_context, encode
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -58,6 +58,7 @@ def _token_ids(prompt: Sequence[int], index: int, vocab: int) -> list[int]:
 
 def tokenize_prompts(model: TransformerBridge, prompts: Sequence[Prompt]) -> list[list[int]]:
     """Token ids for each prompt (text under the BOS convention, or ids taken as given), context-checked."""
+    check_bridge(model)
     check_prompt_list(prompts)
     if len(prompts) == 0:
         raise ValueError("got an empty prompt list (expected at least one prompt)")
@@ -160,8 +161,11 @@ def collect_head_activations(
     """hook_z of every layer at one position per prompt: its last real token, or ``positions[i]``.
 
     Positions index the prompt's own tokens (BOS included; negative values count from its end). Returns
-    float32 on the CPU. ``shard`` (see :mod:`fasb_tl.distributed`) splits the batches over ranks; every rank
-    gets the full result.
+    ``[n_prompts, n_layers, n_heads, d_head]`` float32 on the CPU. ``shard`` (see :mod:`fasb_tl.distributed`)
+    splits the batches over ranks; every rank gets the full result. Example::
+
+        acts = collect_head_activations(model, ["Q: Is the sky blue? A: Yes.", "Q: Is the sky blue? A: No."])
+        acts.shape  # (2, model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
     """
     token_lists = tokenize_prompts(model, prompts)
     if positions == "last":
@@ -235,7 +239,12 @@ def collect_span_activations(
     progress: bool = True,
     shard: Shard | None = None,
 ) -> list[Float[Tensor, "span layer head d_head"]]:
-    """hook_z at every position ``start <= p < stop`` of each prompt's span (indices into its own tokens)."""
+    """hook_z at every position ``start <= p < stop`` of each prompt's span (indices into its own tokens): one
+    ``[stop - start, n_layers, n_heads, d_head]`` float32 tensor per prompt. Example::
+
+        ids = encode(model, "Q: Is the sky blue? A: Yes, it is.")
+        (answer,) = collect_span_activations(model, [ids], [(len(ids) - 4, len(ids))])  # the last 4 tokens
+    """
     token_lists = tokenize_prompts(model, prompts)
     if len(spans) != len(token_lists):
         raise ValueError(f"got {len(spans)} spans for {len(token_lists)} prompts")

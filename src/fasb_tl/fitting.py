@@ -55,7 +55,15 @@ def steerer_from_activations(
     progress: bool = True,
 ) -> Steerer:
     """Probes on train, top-K heads by val accuracy, ``meta.direction`` directions from train + val, sigmas
-    from the label-free tuning activations. The fitted probes are the Steerer's ``fit_report``."""
+    from the label-free tuning activations. The fitted probes are the Steerer's ``fit_report``.
+
+    The lower-level path, for activations you collected yourself (labels: 1 true, 0 false)::
+
+        acts = collect_head_activations(model, texts)  # [n, layer, head, d_head]
+        steerer = steerer_from_activations(
+            acts[train], labels[train], acts[val], labels[val], acts, model_meta(model, "mass_mean"), k=8
+        )
+    """
     check_fit_settings(k, meta.direction, meta.n_layers, meta.n_heads)
     train_labels, val_labels = torch.as_tensor(train_labels), torch.as_tensor(val_labels)
     probes = HeadProbes(backend=backend, random_state=seed).fit(
@@ -100,7 +108,10 @@ def control_steerer(steerer: Steerer, kind: ControlKind, seed: int = 0) -> Steer
     the reversed direction, or a seeded random unit direction per head.
 
     A method that gains as much with a control as with its real direction is not steering towards truth
-    (the change comes from disturbing the heads, not from the direction).
+    (the change comes from disturbing the heads, not from the direction). Example::
+
+        random = control_steerer(steerer, "random", seed=1)
+        generate(model, prompts, random, GenerationConfig(method="fasb"))
     """
     directions, label = control_directions(kind, steerer.directions, steerer.meta.direction, seed)
     return replace(steerer, directions=directions, meta=replace(steerer.meta, direction=label))
@@ -176,7 +187,12 @@ def fit_steerer(
     ``probe_format="generation"`` builds the probe bank in the generation prompt format (see
     :func:`~fasb_tl.data.prompts.probe_bank`) instead of the paper's ``Q: A:``.
 
-    Every head's fitted :class:`HeadProbes` (for plots and analysis) is ``steerer.fit_report``.
+    Every head's fitted :class:`HeadProbes` (for plots and analysis) is ``steerer.fit_report``. For your own
+    data without records and splits, see :func:`fasb_tl.contrastive.fit_steerer_from_pairs`. Example::
+
+        records = load_builtin()
+        steerer = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=24)
+        steerer.to_frame().sort_values("rank").head()  # the best heads, with 95% intervals
     """
     check_fit_settings(k, direction, int(model.cfg.n_layers), int(model.cfg.n_heads))
     train = probe_bank([records[i] for i in split.train], probe_format)

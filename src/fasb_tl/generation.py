@@ -205,6 +205,11 @@ def generate(
     ``prefix``, a cached prefix the prompts share, saves its recomputation without changing results.
     ``steerer`` is a :class:`~fasb_tl.steering.Steerer`, or, for ``iti``, any
     :class:`~fasb_tl.intervention.Intervention` (e.g. the CAA baseline's :class:`fasb_tl.caa.ResidualSteerer`).
+    Prompts are a list (a bare string is refused rather than read one character per prompt). Example::
+
+        config = GenerationConfig(method="fasb", alpha=15, threshold=0.45, back_steps=10)
+        (result,) = generate(model, [generation_prompt("Can pigs fly?")], steerer, config)
+        result.text, result.triggered, result.trigger_step, result.p_true_trace  # one p_true per check
     """
     config = config or GenerationConfig()
     only = {config.method: config}
@@ -227,7 +232,11 @@ def generate_many(
 
     The rows of every (config, prompt) pair decode together, ``batch_size`` at a time, so a comparison of
     methods costs one decode of the larger batch rather than one decode per method. Each row follows its own
-    config and equals what :func:`generate` gives for that config alone.
+    config and equals what :func:`generate` gives for that config alone. Example::
+
+        configs = {m: dataclasses.replace(config, method=m) for m in ("none", "iti", "fasb")}
+        runs = generate_many(model, prompts, steerer, configs)
+        runs["fasb"][0].text
     """
     if not configs:
         raise GenerationConfigError("got no generation config (expected at least one)")

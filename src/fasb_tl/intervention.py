@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from fasb_tl.models import check_bridge
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -37,7 +39,11 @@ class SteeringScale:
     """How strongly the steering hooks add their vector: ``None`` (not at all), a number for every row and
     position, or a ``[batch, pos]`` tensor (``pos`` may be 1 to broadcast over the positions of a forward).
 
-    The decode loop and the scorer set it before each forward; the hooks read it on every call.
+    The decode loop and the scorer set it before each forward; the hooks read it on every call. Example::
+
+        scale = SteeringScale(torch.tensor([[0.0, 0.0, 15.0]]))  # steer only the third position
+        with steerer.attach(model, scale):
+            model(tokens)  # tokens: [1, 3]
     """
 
     def __init__(self, scale: float | Tensor | None = None):
@@ -164,7 +170,20 @@ def steering_window(model: TransformerBridge, value: float, positions: Positions
 
 @runtime_checkable
 class Intervention(Protocol):
-    """What the decode loop and the scorer need from a steering method."""
+    """What the decode loop and the scorer need from a steering method. Any object with these two methods
+    is one (no base class), e.g. a single residual-stream vector::
+
+        class MyVector:
+            def check_model(self, model):
+                assert model.cfg.d_model == self.vector.shape[0]
+
+            def steering_hooks(self, scale):
+                def add(resid, hook):
+                    value = scale.fitted_to(resid, trailing=1)
+                    return None if value is None else resid + value * self.vector
+
+                return [("blocks.6.hook_resid_pre", add)]
+    """
 
     def check_model(self, model: TransformerBridge) -> None:
         """Raise :class:`ModelMismatchError` unless the intervention fits ``model``."""
@@ -182,6 +201,7 @@ def intervening(
 ) -> Iterator[SteeringScale]:
     """Install ``intervention``'s steering hooks (after the hooks ``before``, e.g. readers that must see the
     unsteered values) for the duration of the block; every hook is removed on every exit path."""
+    check_bridge(model)
     intervention.check_model(model)
     with model.hooks(fwd_hooks=[*before, *intervention.steering_hooks(scale)]):
         yield scale

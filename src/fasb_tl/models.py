@@ -259,7 +259,7 @@ def load_model(
     Example::
 
         model = load_model()  # SmolLM2-135M-Instruct, offline
-        logits, cache = model.run_with_cache("Q: Can pigs fly?\nA:")
+        logits, cache = model.run_with_cache("Q: Can pigs fly?\\nA:")
     """
     if device is not None and device_map is not None:
         raise ValueError(f"pass device ({device!r}) or device_map ({device_map!r}), not both")
@@ -357,7 +357,11 @@ def weights_fingerprint(model: TransformerBridge) -> str:
 
 
 def encode(model: TransformerBridge, text: str) -> list[int]:
-    """Token ids of ``text`` under the project's BOS convention (BOS exactly once, then the text)."""
+    """Token ids of ``text`` under the project's BOS convention (BOS exactly once, then the text), as
+    ``model.to_tokens(text)[0].tolist()`` gives them. Example::
+
+        encode(model, "Q: Can pigs fly?")  # [bos, ...]
+    """
     tokenizer = model.tokenizer
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
@@ -369,6 +373,18 @@ def encode(model: TransformerBridge, text: str) -> list[int]:
 def context_length(model: TransformerBridge) -> int:
     """The longest sequence the model accepts (``cfg.n_ctx``)."""
     return int(model.cfg.n_ctx)
+
+
+def check_bridge(model: object) -> None:
+    """Raise ``TypeError`` unless ``model`` is a TransformerLens 4 ``TransformerBridge`` (a bare Hugging Face
+    model has neither the hook points nor the ``cfg`` the package reads)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not isinstance(model, TransformerBridge):
+        raise TypeError(
+            f"expected a TransformerLens TransformerBridge (fasb_tl.load_model or "
+            f"TransformerBridge.boot_transformers), got {type(model).__module__}.{type(model).__name__}"
+        )
 
 
 class ContextLengthError(ValueError):

@@ -129,7 +129,15 @@ def wilson_interval(accuracy: np.ndarray, n: int, z: float = 1.96) -> tuple[np.n
 
 
 class HeadProbes:
-    """Per-head linear probes with an sklearn-style interface over ``[n, layer, head, d_head]`` activations."""
+    """Per-head linear probes with an sklearn-style interface over ``[n, layer, head, d_head]`` activations.
+
+    After ``fit``, ``coef_`` is ``[layer, head, d_head]``, ``intercept_``, ``train_accuracy_`` and
+    ``val_accuracy_`` are ``[layer, head]``. Example::
+
+        probes = HeadProbes().fit(acts[train], labels[train], acts[val], labels[val])
+        probes.top_heads(8)  # [8, 2] (layer, head), best validation accuracy first
+        probes.predict_proba(acts[val]).shape  # (m, layer, head)
+    """
 
     def __init__(
         self, backend: Backend = "torch", C: float = 1.0, max_iter: int = 1000, random_state: int = 42

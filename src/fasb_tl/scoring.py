@@ -40,7 +40,7 @@ from fasb_tl.methods import (
     first_trigger,
     scoring_checks,
 )
-from fasb_tl.models import check_context, encode
+from fasb_tl.models import check_bridge, check_context, encode
 from fasb_tl.prefix import PrefixCache
 from fasb_tl.teacher_forcing import Pass, teacher_forced
 
@@ -61,7 +61,8 @@ class ScoringConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ScoringConfig(MethodSettings):
-    """How choices are scored; ``method="question"`` is FASB under the ``question`` protocol."""
+    """How choices are scored; ``method="question"`` is FASB under the ``question`` protocol. Checked on
+    creation; variants with ``dataclasses.replace(config, alpha=30)``."""
 
     method: ScoringMethod = "fasb"
     protocol: Protocol = "paper"
@@ -81,7 +82,8 @@ class ScoringConfig(MethodSettings):
 
 @dataclass
 class ChoiceScores:
-    """Scores of one item's options, and whether/how strongly each option was steered."""
+    """Scores of one item's options (``scores`` under the method, ``unsteered`` without steering, both
+    ``[option]`` float64 log-probabilities), and how strongly each option was steered (0.0: not at all)."""
 
     scores: Float[Tensor, " option"]
     unsteered: Float[Tensor, " option"]
@@ -191,6 +193,7 @@ def score_choices_many(
     ``interventions`` maps a config name to another intervention that does the steering for it (e.g. a
     :func:`~fasb_tl.fitting.control_steerer`), while ``steerer``'s probes still make every decision.
     """
+    check_bridge(model)
     check_prompt_list(contexts, "contexts")
     check_prompt_list(options, "options")
     if len(contexts) != len(options):
@@ -283,7 +286,15 @@ def score_choices(
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[ChoiceScores]:
-    """Score every option of every item under one ``config`` (see :func:`score_choices_many`)."""
+    """Score every option of every item under one ``config`` (see :func:`score_choices_many`): one
+    :class:`ChoiceScores` per item, its ``scores`` the summed log-probabilities ``[option]`` of each option's
+    tokens after its context. Example::
+
+        (item,) = score_choices(
+            model, ["Q: Can pigs fly?\\nA:"], [[" No.", " Yes."]], steerer, ScoringConfig(method="fasb")
+        )
+        item.scores.argmax(), item.triggered  # the chosen option; which options were steered
+    """
     only = {config.method: config}
     results = score_choices_many(
         model, contexts, options, steerer, only, prefix=prefix, batch_size=batch_size, progress=progress

@@ -137,6 +137,12 @@ class Steerer:
     """K heads with unit directions, scales sigma, probe weights/biases and the full val-accuracy grid.
 
     ``fit_report``, set by fitting, holds every head's fitted probes (for plots and analysis); it is not saved.
+    Example::
+
+        steerer = fit_steerer(model, records, split, k=24)  # or Steerer.load("runs/steerer", model=model)
+        with steerer.steering(model, alpha=15, positions="generated"):
+            model.generate("Q: Can pigs fly?\\nA:", max_new_tokens=20)
+        steerer.save("runs/steerer", overwrite=True)
     """
 
     heads: Int[Tensor, "k 2"]
