@@ -118,10 +118,48 @@ def test_predict_proba_equals_sklearn_for_the_same_weights(planted):
     assert np.allclose(probes.predict_proba(x)[:, 1, 2].numpy(), expected, atol=1e-5)
 
 
-def test_top_heads_breaks_ties_by_layer_then_head():
+def test_the_lowest_tie_rule_breaks_ties_by_layer_then_head():
     probes = HeadProbes()
     probes.val_accuracy_ = torch.tensor([[0.5, 0.7], [0.7, 0.7]])
-    assert probes.top_heads(3).tolist() == [[0, 1], [1, 0], [1, 1]]
+    assert probes.top_heads(3, tie_break="lowest").tolist() == [[0, 1], [1, 0], [1, 1]]
+
+
+def released_top_k(accuracy: torch.Tensor, k: int) -> list[list[int]]:
+    """The released FASB/ITI code's head choice, as written there: argsort of the flattened grid, reversed."""
+    heads = accuracy.shape[1]
+    acc = np.array(accuracy.flatten().tolist())
+    return [[int(i) // heads, int(i) % heads] for i in np.argsort(acc)[::-1][:k]]
+
+
+def test_the_default_tie_rule_is_the_released_codes():
+    # A small grid sorts by insertion (stable), so the released expression sends ties to the higher index.
+    probes = HeadProbes()
+    probes.val_accuracy_ = torch.tensor([[0.5, 0.7], [0.7, 0.7]])
+    assert probes.top_heads(3).tolist() == [[1, 1], [1, 0], [0, 1]]
+    assert probes.top_heads(2).tolist() != probes.top_heads(2, tie_break="lowest").tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_released_rule_matches_the_released_expression_on_many_ties(seed):
+    # 30 x 9 grids of accuracies from 17 levels: the 24th place is a tie in most of them, and numpy's
+    # default sort is not stable at this size, so only the released expression itself gives its choice.
+    generator = torch.Generator().manual_seed(seed)
+    accuracy = torch.randint(60, 77, (30, 9), generator=generator).float() / 100
+    probes = HeadProbes()
+    probes.val_accuracy_ = accuracy
+    assert probes.top_heads(24).tolist() == released_top_k(accuracy, 24)
+    by_value = sorted(accuracy.flatten().tolist(), reverse=True)[:24]
+    chosen = [
+        float(accuracy[layer, head]) for layer, head in probes.top_heads(24, tie_break="lowest").tolist()
+    ]
+    assert chosen == by_value
+
+
+def test_an_unknown_tie_rule_is_refused():
+    probes = HeadProbes()
+    probes.val_accuracy_ = torch.tensor([[0.5, 0.7]])
+    with pytest.raises(ProbeError, match="unknown tie_break 'random'"):
+        probes.top_heads(1, tie_break="random")
 
 
 def test_probe_errors(planted):

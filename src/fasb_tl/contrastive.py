@@ -16,7 +16,7 @@ import torch
 from fasb_tl.activations import check_prompt_list, collect_head_activations
 from fasb_tl.directions import DirectionKind
 from fasb_tl.fitting import check_fit_settings, model_meta, steerer_from_activations
-from fasb_tl.probes import Backend
+from fasb_tl.probes import Backend, TieBreak
 from fasb_tl.steering import Steerer
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def fit_steerer_from_pairs(
     backend: Backend = "torch",
     val_fraction: float = 0.25,
     seed: int = 42,
+    tie_break: TieBreak = "released",
     dataset: str = "pairs",
     batch_size: int = 16,
     progress: bool = True,
@@ -101,7 +102,7 @@ def fit_steerer_from_pairs(
             f"got {len(positive_texts)} positives and {len(negative_texts)} negatives: pairs need one of each"
         )
     train, val = pair_split(len(positive_texts), val_fraction, seed)
-    check_fit_settings(k, direction, int(model.cfg.n_layers), int(model.cfg.n_heads))
+    check_fit_settings(k, direction, int(model.cfg.n_layers), int(model.cfg.n_heads), tie_break)
     tuning = (
         format_texts(tuning_texts, template, "tuning_texts")
         if tuning_texts is not None
@@ -118,5 +119,13 @@ def fit_steerer_from_pairs(
 
     meta = model_meta(model, direction, dataset=dataset, split_seed=seed, n_train=len(train), n_val=len(val))
     return steerer_from_activations(
-        *side(train), *side(val), acts[2 * n :], meta, k=k, backend=backend, seed=seed, progress=progress
+        *side(train),
+        *side(val),
+        acts[2 * n :],
+        meta,
+        k=k,
+        backend=backend,
+        seed=seed,
+        tie_break=tie_break,
+        progress=progress,
     )

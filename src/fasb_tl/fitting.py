@@ -27,16 +27,21 @@ from fasb_tl.directions import (
     projection_std,
 )
 from fasb_tl.models import model_name, weights_fingerprint
-from fasb_tl.probes import Backend, HeadProbes, ProbeError
+from fasb_tl.probes import TIE_BREAKS, Backend, HeadProbes, ProbeError, TieBreak
 from fasb_tl.steering import Steerer, SteererMeta
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 
-def check_fit_settings(k: int, direction: str, n_layers: int, n_heads: int) -> None:
-    """Raise :class:`ProbeError` unless ``direction`` is a known kind and ``1 <= k <= n_layers * n_heads``."""
+def check_fit_settings(
+    k: int, direction: str, n_layers: int, n_heads: int, tie_break: str = "released"
+) -> None:
+    """Raise :class:`ProbeError` unless ``direction`` and ``tie_break`` are known and
+    ``1 <= k <= n_layers * n_heads``."""
     check_direction_kind(direction)
+    if tie_break not in TIE_BREAKS:
+        raise ProbeError(f"unknown tie_break {tie_break!r}: expected one of {TIE_BREAKS}")
     if not 1 <= k <= n_layers * n_heads:
         raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_layers * n_heads}, got {k}")
 
@@ -52,10 +57,12 @@ def steerer_from_activations(
     k: int = 24,
     backend: Backend = "torch",
     seed: int = 42,
+    tie_break: TieBreak = "released",
     progress: bool = True,
 ) -> Steerer:
-    """Probes on train, top-K heads by val accuracy, ``meta.direction`` directions from train + val, sigmas
-    from the label-free tuning activations. The fitted probes are the Steerer's ``fit_report``.
+    """Probes on train, top-K heads by val accuracy (ties broken by ``tie_break``, the released code's rule
+    by default: :func:`~fasb_tl.probes.top_head_indices`), ``meta.direction`` directions from train + val,
+    sigmas from the label-free tuning activations. The fitted probes are the Steerer's ``fit_report``.
 
     The lower-level path, for activations you collected yourself (labels: 1 true, 0 false)::
 
@@ -64,12 +71,12 @@ def steerer_from_activations(
             acts[train], labels[train], acts[val], labels[val], acts, model_meta(model, "mass_mean"), k=8
         )
     """
-    check_fit_settings(k, meta.direction, meta.n_layers, meta.n_heads)
+    check_fit_settings(k, meta.direction, meta.n_layers, meta.n_heads, tie_break)
     train_labels, val_labels = torch.as_tensor(train_labels), torch.as_tensor(val_labels)
     probes = HeadProbes(backend=backend, random_state=seed).fit(
         train_acts, train_labels, val_acts, val_labels, progress
     )
-    heads = probes.top_heads(k)
+    heads = probes.top_heads(k, tie_break)
     layer, head = heads[:, 0], heads[:, 1]
     acts = torch.cat([train_acts[:, layer, head], val_acts[:, layer, head]])
     weights = probes.coef_[layer, head]
@@ -179,6 +186,7 @@ def fit_steerer(
     dataset: str = "unknown",
     fold: int | None = None,
     probe_format: ProbeFormat = "qa",
+    tie_break: TieBreak = "released",
     batch_size: int = 16,
     progress: bool = True,
 ) -> Steerer:
@@ -194,7 +202,7 @@ def fit_steerer(
         steerer = fit_steerer(model, records, dataset_splits("builtin", len(records))[0], k=24)
         steerer.to_frame().sort_values("rank").head()  # the best heads, with 95% intervals
     """
-    check_fit_settings(k, direction, int(model.cfg.n_layers), int(model.cfg.n_heads))
+    check_fit_settings(k, direction, int(model.cfg.n_layers), int(model.cfg.n_heads), tie_break)
     train = probe_bank([records[i] for i in split.train], probe_format)
     val = probe_bank([records[i] for i in split.val], probe_format)
     tuning_prompts = tuning_bank(tuning_records if tuning_records is not None else records, seed=seed)
@@ -222,5 +230,6 @@ def fit_steerer(
         k=k,
         backend=backend,
         seed=seed,
+        tie_break=tie_break,
         progress=progress,
     )

@@ -24,6 +24,31 @@ from tqdm.auto import tqdm
 
 Backend = Literal["torch", "sklearn"]
 BACKENDS = ("torch", "sklearn")
+TieBreak = Literal["released", "lowest"]
+TIE_BREAKS = ("released", "lowest")
+
+
+def top_head_indices(
+    accuracy: Float[Tensor, "layer head"], k: int, tie_break: TieBreak = "released"
+) -> Int[Tensor, "k 2"]:
+    """The ``k`` most accurate heads as ``(layer, head)`` rows, best first.
+
+    ``"released"`` is the released FASB/ITI code's rule, ``np.argsort(acc)[::-1][:k]`` over the layer-major
+    grid in float64. numpy's default sort is not stable, so among equal accuracies the head it picks follows
+    numpy's sort implementation: the same numpy build picks the same heads as the released code would.
+    ``"lowest"`` sends ties to the lower layer, then the lower head, whatever numpy does.
+    """
+    if tie_break not in TIE_BREAKS:
+        raise ProbeError(f"unknown tie_break {tie_break!r}: expected one of {TIE_BREAKS}")
+    layers, heads = accuracy.shape
+    if not 1 <= k <= layers * heads:
+        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {layers * heads}, got {k}")
+    flat = accuracy.detach().cpu().double().flatten().numpy()
+    if tie_break == "released":
+        best = np.argsort(flat)[::-1][:k].tolist()
+    else:
+        best = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k]
+    return torch.tensor([[i // heads, i % heads] for i in best], dtype=torch.long)
 
 
 class ConvergenceWarning(UserWarning):
@@ -265,19 +290,12 @@ class HeadProbes:
         predictions = (self.decision_function(x) > 0).long()
         return (predictions == y[:, None, None]).float().mean(0)
 
-    def top_heads(self, k: int) -> Int[Tensor, "k 2"]:
-        """The ``k`` heads with the best validation accuracy as ``(layer, head)`` rows.
-
-        Ties go to the lower layer, then the lower head, so the choice never depends on sort stability.
-        """
+    def top_heads(self, k: int, tie_break: TieBreak = "released") -> Int[Tensor, "k 2"]:
+        """The ``k`` heads with the best validation accuracy as ``(layer, head)`` rows, ties broken by
+        ``tie_break`` (:func:`top_head_indices`)."""
         if self.val_accuracy_ is None:
             raise ProbeError("no validation accuracy: pass x_val and y_val to fit() first")
-        layers, heads = self.val_accuracy_.shape
-        if not 1 <= k <= layers * heads:
-            raise ProbeError(f"k must be between 1 and n_layers * n_heads = {layers * heads}, got {k}")
-        flat = self.val_accuracy_.flatten().tolist()
-        best = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k]
-        return torch.tensor([[i // heads, i % heads] for i in best], dtype=torch.long)
+        return top_head_indices(self.val_accuracy_, k, tie_break)
 
 
 def grid_frame(**grids: Float[Tensor, "layer head"]) -> pd.DataFrame:

@@ -142,6 +142,7 @@ def fit_on_bank(
         k=settings.k,
         backend=settings.backend,
         seed=settings.seed,
+        tie_break=settings.tie_break,
         progress=ctx.progress,
     )
     return steerer

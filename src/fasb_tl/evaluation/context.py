@@ -11,7 +11,7 @@ from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.sharding import ShardedRows
 from fasb_tl.methods import MethodSettings
-from fasb_tl.probes import BACKENDS
+from fasb_tl.probes import BACKENDS, TIE_BREAKS
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -20,9 +20,18 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SteeringSettings:
     """The settings both task configs share: how a Steerer is fitted (val fraction, seed, K, direction, probe
-    backend, extraction batch size: :attr:`FITTING`) and how it steers (alpha, threshold, back_steps)."""
+    backend, top-K tie rule, extraction batch size: :attr:`FITTING`) and how it steers (alpha, threshold,
+    back_steps)."""
 
-    FITTING: ClassVar[tuple[str, ...]] = ("val_fraction", "seed", "k", "direction", "backend", "batch_size")
+    FITTING: ClassVar[tuple[str, ...]] = (
+        "val_fraction",
+        "seed",
+        "k",
+        "direction",
+        "backend",
+        "tie_break",
+        "batch_size",
+    )
 
     val_fraction: float = 0.2
     seed: int = 42
@@ -33,6 +42,7 @@ class SteeringSettings:
     threshold: float = 0.6
     back_steps: int = 10
     batch_size: int = 16
+    tie_break: str = "released"
 
     def __post_init__(self) -> None:
         MethodSettings(alpha=self.alpha, threshold=self.threshold, back_steps=self.back_steps)  # shared rules
@@ -52,6 +62,7 @@ class SteeringSettings:
             "k": (self.k >= 1, ">= 1"),
             "direction": (self.direction in DIRECTION_KINDS, f"one of {DIRECTION_KINDS}"),
             "backend": (self.backend in BACKENDS, f"one of {BACKENDS}"),
+            "tie_break": (self.tie_break in TIE_BREAKS, f"one of {TIE_BREAKS}"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
         }
 
