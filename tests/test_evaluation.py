@@ -361,7 +361,7 @@ def test_plain_row_keys_match_the_committed_results():
     rows = ResultStore(folder).rows
     model = SimpleNamespace(cfg=SimpleNamespace(model_name=rows[0]["model"]))
     copa = next(r for r in rows if r["task"] == "copa" and r["method"] == "fasb/paper")
-    copa_config = MultiChoiceConfig(**copa["config"])
+    copa_config = MultiChoiceConfig.from_identity(copa["config"])
     identity = row_identity(model, task="copa", method="fasb/paper", config=copa_config, caa=CAAConfig())
     assert row_key(**identity) == copa["key"]
     mc = next(
@@ -369,7 +369,9 @@ def test_plain_row_keys_match_the_committed_results():
     )
     records = [SimpleNamespace(id=str(i)) for i in range(817)]
     folds = TruthfulQAFolds(
-        EvalContext.create(model, folder), records=records, config=TruthfulQAConfig(**mc["config"])
+        EvalContext.create(model, folder),
+        records=records,
+        config=TruthfulQAConfig.from_identity(mc["config"]),
     )
     assert row_key(**folds.identity("truthfulqa-mc", "fasb/question", fold=1)) == mc["key"]
 

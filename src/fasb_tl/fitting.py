@@ -58,11 +58,13 @@ def steerer_from_activations(
     backend: Backend = "torch",
     seed: int = 42,
     tie_break: TieBreak = "released",
+    heads: Int[Tensor, "k 2"] | None = None,
     progress: bool = True,
 ) -> Steerer:
     """Probes on train, top-K heads by val accuracy (ties broken by ``tie_break``, the released code's rule
     by default: :func:`~fasb_tl.probes.top_head_indices`), ``meta.direction`` directions from train + val,
     sigmas from the label-free tuning activations. The fitted probes are the Steerer's ``fit_report``.
+    ``heads`` (``[k, 2]`` rows of ``(layer, head)``) replaces the top-K choice, e.g. by :func:`random_heads`.
 
     The lower-level path, for activations you collected yourself (labels: 1 true, 0 false)::
 
@@ -72,11 +74,12 @@ def steerer_from_activations(
         )
     """
     check_fit_settings(k, meta.direction, meta.n_layers, meta.n_heads, tie_break)
+    chosen = None if heads is None else checked_heads(heads, meta.n_layers, meta.n_heads)
     train_labels, val_labels = torch.as_tensor(train_labels), torch.as_tensor(val_labels)
     probes = HeadProbes(backend=backend, random_state=seed).fit(
         train_acts, train_labels, val_acts, val_labels, progress
     )
-    heads = probes.top_heads(k, tie_break)
+    heads = probes.top_heads(k, tie_break) if chosen is None else chosen
     layer, head = heads[:, 0], heads[:, 1]
     acts = torch.cat([train_acts[:, layer, head], val_acts[:, layer, head]])
     weights = probes.coef_[layer, head]
@@ -93,6 +96,32 @@ def steerer_from_activations(
         meta=meta,
         fit_report=probes,
     )
+
+
+def random_heads(n_layers: int, n_heads: int, k: int, seed: int) -> Int[Tensor, "k 2"]:
+    """``k`` distinct heads drawn uniformly at random (seeded), as ``(layer, head)`` rows: the released code's
+    random-heads control (``--use_random_dir``), which steers random heads instead of the top-K."""
+    if not 1 <= k <= n_layers * n_heads:
+        raise ProbeError(f"k must be between 1 and n_layers * n_heads = {n_layers * n_heads}, got {k}")
+    flat = torch.randperm(n_layers * n_heads, generator=torch.Generator().manual_seed(seed))[:k]
+    return torch.stack([flat // n_heads, flat % n_heads], dim=1)
+
+
+def checked_heads(heads: Tensor, n_layers: int, n_heads: int) -> Int[Tensor, "k 2"]:
+    """``heads`` as int64 ``(layer, head)`` rows once they are distinct and inside the model's grid."""
+    heads = torch.as_tensor(heads, dtype=torch.long)
+    if heads.ndim != 2 or heads.shape[1] != 2 or len(heads) == 0:
+        raise ProbeError(
+            f"heads must be a [k, 2] tensor of (layer, head) rows, got shape {tuple(heads.shape)}"
+        )
+    inside = (heads >= 0).all(1) & (heads[:, 0] < n_layers) & (heads[:, 1] < n_heads)
+    if not inside.all():
+        raise ProbeError(
+            f"heads {heads[~inside].tolist()} are outside the model's {n_layers} x {n_heads} grid"
+        )
+    if len({tuple(h) for h in heads.tolist()}) != len(heads):
+        raise ProbeError(f"heads must be distinct, got {heads.tolist()}")
+    return heads
 
 
 def model_meta(model: TransformerBridge, direction: DirectionKind, **provenance: Any) -> SteererMeta:

@@ -64,7 +64,7 @@ class ArtifactCache:
         identity = {
             "model": model_name(self.ctx.model),
             "weights": weights_fingerprint(self.ctx.model),
-            "settings": {name: getattr(settings, name) for name in SteeringSettings.FITTING},
+            "settings": settings.identity(SteeringSettings.FITTING),
             "data": data,
         }
         text = json.dumps(identity, sort_keys=True, default=lambda value: value.tolist())
@@ -112,10 +112,12 @@ def fit_on_bank(
     *,
     dataset: str,
     tuning: torch.Tensor | None = None,
+    heads: torch.Tensor | None = None,
     **provenance: Any,
 ) -> Steerer:
     """A Steerer from one labelled bank: probes on the prompts where ``is_val`` is False, heads chosen on the
-    others, sigmas from the ``tuning`` activations (default: the bank's own, unlabelled).
+    others (or the given ``heads``), sigmas from the ``tuning`` activations (default: the bank's own,
+    unlabelled).
 
     The bank's prompts are extracted in one call, in their order: the batches decide the activations to the
     last bit, so a bank is never re-split before extraction. ``n_train`` / ``n_val`` count questions (items).
@@ -143,6 +145,7 @@ def fit_on_bank(
         backend=settings.backend,
         seed=settings.seed,
         tie_break=settings.tie_break,
+        heads=heads,
         progress=ctx.progress,
     )
     return steerer

@@ -59,6 +59,17 @@ def choice_specs(
     return steered, caa_rows
 
 
+def split_head_controls(specs: Sequence[RowSpec]) -> tuple[list[RowSpec], dict[int, list[RowSpec]]]:
+    """The rows that steer with the fitted Steerer (or a direction control of it), and the random-heads rows
+    by seed: each seed's rows are scored with their own Steerer, whose probes also decide."""
+    own = [spec for spec in specs if not spec.variant.changes_heads]
+    by_seed: dict[int, list[RowSpec]] = {}
+    for spec in specs:
+        if spec.variant.changes_heads:
+            by_seed.setdefault(spec.variant.seed, []).append(spec)
+    return own, by_seed
+
+
 def run_choice_rows(
     ctx: EvalContext,
     specs: Sequence[RowSpec],
@@ -84,7 +95,7 @@ def run_choice_rows(
                         f"row {spec.tag} has a calibrated threshold but no calibration was given"
                     )
                 configs[spec.tag] = replace(spec.config, threshold=threshold())
-            if spec.variant.control is not None:
+            if spec.variant.control is not None and not spec.variant.changes_heads:
                 interventions[spec.tag] = control_steerer(acting, spec.variant.control, spec.variant.seed)
         prefix_cache = prefix() if prefix is not None else None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -32,6 +32,10 @@ class SteeringSettings:
         "tie_break",
         "batch_size",
     )
+    # Settings added after rows were first stored, with the value every earlier row was computed with. At that
+    # value a setting stays out of row keys and artifact names, so results stored before it existed keep their
+    # keys (and stay valid for exactly that value); any other value is part of the key.
+    LEGACY_VALUES: ClassVar[dict[str, object]] = {"tie_break": "lowest"}
 
     val_fraction: float = 0.2
     seed: int = 42
@@ -53,6 +57,21 @@ class SteeringSettings:
         ]
         if wrong:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(wrong))
+
+    def identity(self, names: tuple[str, ...] | None = None) -> dict:
+        """The settings (all, or ``names``) that decide a result, as stored in row keys and artifact names:
+        every field but one at its :attr:`LEGACY_VALUES` value."""
+        values = asdict(self) if names is None else {name: getattr(self, name) for name in names}
+        return {
+            name: value
+            for name, value in values.items()
+            if not (name in self.LEGACY_VALUES and self.LEGACY_VALUES[name] == value)
+        }
+
+    @classmethod
+    def from_identity(cls, values: dict) -> SteeringSettings:
+        """The settings a stored row's ``config`` describes (a field it leaves out has its legacy value)."""
+        return cls(**{**cls.LEGACY_VALUES, **values})
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         """Each setting's check beyond alpha, threshold and back_steps: (passes, the rule); subclasses add

@@ -20,11 +20,12 @@ import torch
 from fasb_tl.caa import CAAConfig, ResidualSteerer, fit_caa
 from fasb_tl.data import ProbeBank
 from fasb_tl.evaluation.artifacts import ArtifactCache, fit_on_bank
-from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice_rows
+from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice_rows, split_head_controls
 from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.multichoice_data import ChoiceRecord, load_task, sample
 from fasb_tl.evaluation.rows import RowSpec, row_identity
 from fasb_tl.evaluation.variants import PLAIN, Variant
+from fasb_tl.fitting import random_heads
 from fasb_tl.scoring import ChoiceScores
 from fasb_tl.steering import Steerer
 
@@ -93,9 +94,16 @@ def run_multichoice(
         label = f"{task}-{config.direction}-k{config.k}-pool{config.n_pool}"
         return artifacts.name(label, config, bank.prompts, bank.labels, is_val)
 
-    def fit() -> Steerer:
+    def fit(heads: torch.Tensor | None = None) -> Steerer:
         bank, is_val = pool_bank()
-        return fit_on_bank(ctx, bank, is_val, config, dataset=task)
+        return fit_on_bank(ctx, bank, is_val, config, dataset=task, heads=heads)
+
+    def random_heads_steerer(seed: int) -> Steerer:
+        bank, is_val = pool_bank()
+        label = f"{task}-{config.direction}-k{config.k}-pool{config.n_pool}-random_heads{seed}"
+        name = artifacts.name(label, config, bank.prompts, bank.labels, is_val)
+        shape = int(ctx.model.cfg.n_layers), int(ctx.model.cfg.n_heads)
+        return artifacts.steerer(name, lambda: fit(random_heads(*shape, config.k, seed)))
 
     def fit_caa_vector() -> ResidualSteerer:
         bank, _ = pool_bank()
@@ -112,8 +120,10 @@ def run_multichoice(
     steered, caa_rows = choice_specs(
         identity, methods, protocols, [v for v in variants if not v.calibrated], config, caa
     )
+    own, by_seed = split_head_controls(steered)
     groups = [
-        (steered, lambda: artifacts.steerer(steerer_name(), fit)),
+        (own, lambda: artifacts.steerer(steerer_name(), fit)),
+        *[(specs, lambda seed=seed: random_heads_steerer(seed)) for seed, specs in by_seed.items()],
         (caa_rows, lambda: artifacts.caa(task, fit_caa_vector)),
     ]
     for specs, steerer in groups:

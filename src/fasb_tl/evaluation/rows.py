@@ -42,7 +42,7 @@ def row_identity(
     unknown = sorted(set(identity) - set(IDENTITY_FIELDS))
     if unknown:
         raise ValueError(f"row identity fields must be among {IDENTITY_FIELDS}, got {unknown}")
-    identity["config"] = asdict(config)
+    identity["config"] = config.identity()
     if method == "caa":
         identity["caa"] = asdict(caa)
     return identity

@@ -33,11 +33,11 @@ from fasb_tl.data import (
 )
 from fasb_tl.data.prompts import tuning_bank
 from fasb_tl.evaluation.artifacts import ArtifactCache, fit_on_bank
-from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice_rows
+from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice_rows, split_head_controls
 from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.rows import RowSpec, row_identity
 from fasb_tl.evaluation.variants import PLAIN, Variant
-from fasb_tl.fitting import control_steerer
+from fasb_tl.fitting import control_steerer, random_heads
 from fasb_tl.generation_config import HISTORIES
 from fasb_tl.methods import ALL_METHODS
 from fasb_tl.prefix import PrefixCache, build_prefix_cache
@@ -160,9 +160,21 @@ class TruthfulQAFolds:
         return self.artifacts.steerer(self._steerer_name(fold), lambda: self._fit(fold))
 
     def steering_for(self, fold: int, variant: Variant) -> Steerer:
-        """The Steerer that steers under ``variant``: the fold's own, or a control with the same probes."""
+        """The Steerer that steers under ``variant``: the fold's own, a direction control with the same probes,
+        or the random-heads Steerer of the variant's seed."""
+        if variant.changes_heads:
+            return self.random_heads_steerer(fold, variant.seed)
         steerer = self.steerer(fold)
         return steerer if variant.control is None else control_steerer(steerer, variant.control, variant.seed)
+
+    def random_heads_steerer(self, fold: int, seed: int) -> Steerer:
+        """The fold's Steerer refitted on K heads drawn at random (``seed``) instead of the top-K."""
+        cfg, bank, is_val = self.config, *self._train_val_bank(fold)
+        label = f"fold{fold}-{cfg.direction}-k{cfg.k}-random_heads{seed}"
+        name = self.artifacts.name(label, cfg, bank.prompts, bank.labels, is_val, self._tuning_prompts)
+        model_cfg = self.ctx.model.cfg
+        heads = random_heads(int(model_cfg.n_layers), int(model_cfg.n_heads), cfg.k, seed)
+        return self.artifacts.steerer(name, lambda: self._fit(fold, heads))
 
     def _train_val_bank(self, fold: int) -> tuple[ProbeBank, torch.Tensor]:
         """The fold's train + val probe bank (one ``probe_bank`` over the train then the val questions) and
@@ -175,7 +187,7 @@ class TruthfulQAFolds:
     def _tuning_prompts(self) -> list[str]:
         return tuning_prompts(self.records, self.config.seed)
 
-    def _fit(self, fold: int) -> Steerer:
+    def _fit(self, fold: int, heads: torch.Tensor | None = None) -> Steerer:
         cfg = self.config
         # Each fold's probe bank covers only its own train + val questions (the other folds' test sets), so
         # fitting every fold extracts each question once; the tuning bank is shared by all folds.
@@ -188,7 +200,9 @@ class TruthfulQAFolds:
                 shard=self.ctx.shard,
             )
         bank, is_val = self._train_val_bank(fold)
-        return fit_on_bank(self.ctx, bank, is_val, cfg, dataset="truthfulqa", tuning=self._tuning, fold=fold)
+        return fit_on_bank(
+            self.ctx, bank, is_val, cfg, dataset="truthfulqa", tuning=self._tuning, heads=heads, fold=fold
+        )
 
     def calibration(self, fold: int) -> ThresholdCalibration:
         """The fold's threshold calibrated on its validation questions in the generation format (balanced
@@ -270,7 +284,15 @@ def run_mc(
             "prefix": folds.prefix,
             "batch_size": folds.config.batch_size,
         }
-        run_choice_rows(folds.ctx, steered, steerer=lambda fold=fold: folds.steerer(fold), **common)
+        own, by_seed = split_head_controls(steered)
+        run_choice_rows(folds.ctx, own, steerer=lambda fold=fold: folds.steerer(fold), **common)
+        for seed, specs in by_seed.items():
+            run_choice_rows(
+                folds.ctx,
+                specs,
+                steerer=lambda fold=fold, seed=seed: folds.random_heads_steerer(fold, seed),
+                **common,
+            )
         run_choice_rows(folds.ctx, caa, steerer=lambda fold=fold: folds.caa_steerer(fold), **common)
 
 

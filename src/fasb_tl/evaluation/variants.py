@@ -2,7 +2,9 @@
 
 A variant changes one thing and keeps the rest: ``reversed`` / ``random`` steer the same heads with the same
 strengths and the same gating along the reversed or a random unit direction (several seeds, averaged in the
-tables); ``calibrated`` replaces the fixed threshold by one calibrated per fold on held-out answers in the
+tables); ``random_heads`` (the released code's ``--use_random_dir`` with its ``--use_center_of_mass``) replaces
+the top-K heads by K heads drawn at random (several seeds), each with its own probe, mass-mean direction and
+sigma, so detection and steering both use the random heads; ``calibrated`` replaces the fixed threshold by one calibrated per fold on held-out answers in the
 generation format (:mod:`fasb_tl.calibration`). The plain method is the variant with nothing set; its rows
 carry no variant fields, so results computed before variants existed keep their keys.
 """
@@ -16,6 +18,11 @@ from fasb_tl.directions import CONTROL_KINDS
 from fasb_tl.methods import CONTROLLED_METHODS, GATED_METHODS
 
 THRESHOLD_MODES = ("fixed", "calibrated")
+# Controls that change which heads a Steerer has (refitted on the same bank), next to the direction controls
+# of :data:`~fasb_tl.directions.CONTROL_KINDS` (applied to the fitted Steerer).
+HEAD_CONTROLS = ("random_heads",)
+ALL_CONTROLS = (*CONTROL_KINDS, *HEAD_CONTROLS)
+SEEDED_CONTROLS = ("random", "random_heads")
 
 
 @dataclass(frozen=True)
@@ -27,10 +34,15 @@ class Variant:
     calibrated: bool = False
 
     def __post_init__(self) -> None:
-        if self.control is not None and self.control not in CONTROL_KINDS:
-            raise ValueError(f"control must be one of {CONTROL_KINDS} or None, got {self.control!r}")
+        if self.control is not None and self.control not in ALL_CONTROLS:
+            raise ValueError(f"control must be one of {ALL_CONTROLS} or None, got {self.control!r}")
         if self.control is not None and self.calibrated:
             raise ValueError("a variant is either a control or the calibrated threshold, not both")
+
+    @property
+    def changes_heads(self) -> bool:
+        """Whether this variant steers with another Steerer (other heads) rather than the fitted one."""
+        return self.control in HEAD_CONTROLS
 
     @property
     def label(self) -> str:
@@ -48,7 +60,7 @@ class Variant:
         fields: dict = {}
         if self.control is not None:
             fields["control"] = self.control
-        if self.control == "random":
+        if self.control in SEEDED_CONTROLS:
             fields["control_seed"] = self.seed
         if self.calibrated:
             fields["threshold_mode"] = "calibrated"
@@ -56,8 +68,8 @@ class Variant:
 
     def suffix(self) -> str:
         """A unique tag for names inside one run (``~random2``)."""
-        if self.control == "random":
-            return f"~random{self.seed}"
+        if self.control in SEEDED_CONTROLS:
+            return f"~{self.control}{self.seed}"
         return f"~{self.label}" if self.label else ""
 
 
@@ -67,19 +79,19 @@ PLAIN = Variant()
 def plan_variants(
     controls: Sequence[str] = (), n_random: int = 3, thresholds: Sequence[str] = ("fixed",)
 ) -> list[Variant]:
-    """The plain variant (always), each requested control (``n_random`` seeds for ``random``), then the
-    calibrated threshold when ``thresholds`` has ``"calibrated"``."""
-    unknown = [c for c in controls if c not in CONTROL_KINDS]
+    """The plain variant (always), each requested control (``n_random`` seeds for ``random`` and
+    ``random_heads``), then the calibrated threshold when ``thresholds`` has ``"calibrated"``."""
+    unknown = [c for c in controls if c not in ALL_CONTROLS]
     if unknown:
-        raise ValueError(f"unknown control(s) {unknown}: expected some of {CONTROL_KINDS}")
+        raise ValueError(f"unknown control(s) {unknown}: expected some of {ALL_CONTROLS}")
     unknown = [t for t in thresholds if t not in THRESHOLD_MODES]
     if unknown:
         raise ValueError(f"unknown threshold mode(s) {unknown}: expected some of {THRESHOLD_MODES}")
-    if "random" in controls and n_random < 1:
-        raise ValueError(f"n_random must be >= 1 when the random control is on, got {n_random}")
+    if set(controls) & set(SEEDED_CONTROLS) and n_random < 1:
+        raise ValueError(f"n_random must be >= 1 when a random control is on, got {n_random}")
     variants = [PLAIN]
     for control in controls:
-        seeds = range(n_random) if control == "random" else (0,)
+        seeds = range(n_random) if control in SEEDED_CONTROLS else (0,)
         variants += [Variant(control=control, seed=seed) for seed in seeds]
     if "calibrated" in thresholds:
         variants.append(Variant(calibrated=True))

@@ -1,0 +1,142 @@
+"""Fidelity to the released code: the random-heads control (``--use_random_dir`` with ``--use_center_of_mass``)
+and the tie rule's place in result keys (the rule itself is tested in ``test_probes.py``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasb_tl.directions import head_directions, projection_std
+from fasb_tl.evaluation.multichoice import MultiChoiceConfig
+from fasb_tl.evaluation.results import ResultStore
+from fasb_tl.evaluation.runner import EvalPlan, run_plan
+from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
+from fasb_tl.evaluation.variants import Variant, plan_variants
+from fasb_tl.fitting import checked_heads, random_heads, steerer_from_activations
+from fasb_tl.probes import ProbeError
+from fasb_tl.steering import Steerer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_plan_golden import small_data_dir
+
+
+def test_random_heads_are_distinct_inside_the_grid_and_seeded():
+    heads = random_heads(30, 9, 24, seed=3)
+    assert heads.shape == (24, 2) and len({tuple(h) for h in heads.tolist()}) == 24
+    assert bool((heads[:, 0] < 30).all() and (heads[:, 1] < 9).all() and (heads >= 0).all())
+    assert torch.equal(heads, random_heads(30, 9, 24, seed=3))
+    assert not torch.equal(heads, random_heads(30, 9, 24, seed=4))
+    assert len({tuple(h) for h in random_heads(2, 4, 8, seed=0).tolist()}) == 8
+
+
+@pytest.fixture(scope="module")
+def planted():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 2
+    acts = torch.randn(60, 3, 4, 8, generator=generator)
+    acts[:, 1, 2, 0] += 3.0 * labels  # one head that separates
+    tuning = torch.randn(40, 3, 4, 8, generator=generator)
+    return acts, labels, tuning
+
+
+def fit(planted, **kwargs) -> Steerer:
+    acts, labels, tuning = planted
+    meta = model_meta_for(3, 4, 8)
+    return steerer_from_activations(
+        acts[:40], labels[:40], acts[40:], labels[40:], tuning, meta, k=3, progress=False, **kwargs
+    )
+
+
+def model_meta_for(n_layers: int, n_heads: int, d_head: int):
+    from fasb_tl.steering import SteererMeta
+
+    return SteererMeta("toy", n_layers, n_heads, d_head, "mass_mean")
+
+
+def test_given_heads_replace_the_top_k_and_keep_their_own_probes_directions_and_sigmas(planted):
+    acts, labels, tuning = planted
+    top = fit(planted)
+    assert torch.equal(fit(planted, heads=top.heads).tensors()["directions"], top.directions)
+    chosen = torch.tensor([[0, 0], [2, 3], [1, 1]])
+    steerer = fit(planted, heads=chosen)
+    layer, head = chosen[:, 0], chosen[:, 1]
+    assert torch.equal(steerer.heads, chosen)
+    torch.testing.assert_close(steerer.probe_weights, steerer.fit_report.coef_[layer, head])
+    expected = head_directions("mass_mean", acts[:, layer, head], labels, steerer.probe_weights)
+    torch.testing.assert_close(steerer.directions, expected)
+    torch.testing.assert_close(steerer.sigmas, projection_std(tuning[:, layer, head], expected))
+
+
+@pytest.mark.parametrize(
+    ("heads", "match"),
+    [
+        (torch.tensor([[0, 0], [0, 0]]), "distinct"),
+        (torch.tensor([[3, 0]]), r"outside the model's 3 x 4 grid"),
+        (torch.tensor([[0, -1]]), "outside"),
+        (torch.tensor([0, 1]), r"\[k, 2\]"),
+    ],
+)
+def test_bad_heads_are_refused_naming_them(heads, match):
+    with pytest.raises(ProbeError, match=match):
+        checked_heads(heads, 3, 4)
+
+
+def test_the_random_heads_control_is_seeded_like_the_random_direction():
+    variants = plan_variants(["random_heads"], n_random=2)
+    assert [v.identity() for v in variants[1:]] == [
+        {"control": "random_heads", "control_seed": 0},
+        {"control": "random_heads", "control_seed": 1},
+    ]
+    assert variants[2].suffix() == "~random_heads1" and variants[2].changes_heads
+    assert not Variant(control="random").changes_heads
+    with pytest.raises(ValueError, match="random_heads"):
+        plan_variants(["random_head"])
+
+
+def test_the_tie_rule_keys_rows_except_at_its_legacy_value():
+    released, lowest = MultiChoiceConfig(), MultiChoiceConfig(tie_break="lowest")
+    assert released.identity()["tie_break"] == "released"
+    assert "tie_break" not in lowest.identity()
+    assert MultiChoiceConfig.from_identity(lowest.identity()) == lowest
+    assert MultiChoiceConfig.from_identity(released.identity()) == released
+    with pytest.raises(ValueError, match="tie_break must be one of"):
+        MultiChoiceConfig(tie_break="first")
+
+
+def test_a_plan_with_the_random_heads_control_steers_and_gates_with_random_heads(
+    tiny_model, data_dir, tmp_path
+):
+    plan = EvalPlan(
+        tasks=["truthfulqa", "copa"],
+        methods=["none", "fasb"],
+        truthfulqa=TruthfulQAConfig(k=4, alpha=5.0, back_steps=2, max_new_tokens=4, n_mc=4, n_generation=2),
+        multichoice=MultiChoiceConfig(n_pool=12, n_eval=6, k=4, alpha=5.0),
+        controls=["random_heads"],
+        n_random=1,
+    )
+    out = tmp_path / "out"
+    run_plan(
+        tiny_model,
+        plan,
+        out,
+        data_dir=small_data_dir(tiny_model, data_dir, tmp_path / "data"),
+        progress=False,
+    )
+    rows = ResultStore(out).rows
+    controlled = [r for r in rows if r.get("control") == "random_heads"]
+    assert {r["task"] for r in controlled} == {"truthfulqa-mc", "truthfulqa-gen", "copa"}
+    assert all(r["control_seed"] == 0 and r["method"].startswith("fasb") for r in controlled)
+    expected = random_heads(int(tiny_model.cfg.n_layers), int(tiny_model.cfg.n_heads), 4, seed=0)
+    folders = sorted(p for p in (out / "steerers").iterdir() if "random_heads0" in p.name)
+    assert len(folders) == 3  # two TruthfulQA folds and COPA
+    for folder in folders:
+        assert torch.equal(Steerer.load(folder).heads, expected)
+    plain = {(r["task"], r["method"], r.get("fold")): r for r in rows if "control" not in r}
+    assert any(
+        r.get("steered_fraction") != plain[(r["task"], r["method"], r.get("fold"))].get("steered_fraction")
+        for r in controlled
+        if r["task"] != "truthfulqa-gen"
+    )
