@@ -140,3 +140,45 @@ def test_a_plan_with_the_random_heads_control_steers_and_gates_with_random_heads
         for r in controlled
         if r["task"] != "truthfulqa-gen"
     )
+
+
+def steered_log_probs(
+    model, steerer, full: list[int], first_steered: int | None, alpha: float
+) -> torch.Tensor:
+    """Each token's log-probability with steering (strength 1) from position ``first_steered`` on."""
+    from fasb_tl.intervention import SteeringScale
+
+    ids = torch.tensor([full])
+    mask = torch.zeros(1, len(full))
+    if first_steered is not None:
+        mask[0, first_steered:] = alpha
+    with torch.no_grad(), steerer.attach(model, SteeringScale(mask)):
+        logits = model(ids).double()
+    return logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+
+
+@pytest.mark.parametrize(("answer", "back_steps", "short"), [(" one two three", 2, False), (" no", 5, True)])
+def test_the_paper_protocol_steers_the_answer_tokens_after_the_kept_ones(
+    tiny_model, steerer, answer, back_steps, short
+):
+    """A trigger at the first check keeps ``n - back_steps`` answer tokens unsteered: the first check comes after
+    ``back_steps + 1`` tokens, so the first answer token's score is steered only in answers of at most
+    ``back_steps`` tokens (README: Scoring protocols)."""
+    from fasb_tl.scoring import ScoringConfig, answer_tokens, score_choices
+
+    context, alpha = "Q: Is the sky blue?\nA:", 8.0
+    full, start = answer_tokens(tiny_model, context, answer)
+    m = len(full) - start
+    assert (m <= back_steps) == short
+    config = ScoringConfig(
+        method="fixed", alpha=alpha, back_steps=back_steps, threshold=2.0, force_threshold=True
+    )
+    (got,) = score_choices(tiny_model, [context], [[answer]], steerer, config, progress=False)
+    n = back_steps + 1 if m > back_steps else m  # the first check: it triggers, the threshold being above 1
+    kept = max(n - back_steps, 0)
+    by_hand = steered_log_probs(tiny_model, steerer, full, start - 1 + kept, alpha)
+    plain = steered_log_probs(tiny_model, steerer, full, None, alpha)
+    answer_positions = slice(start - 1, len(full) - 1)
+    assert float(got.scores[0]) == pytest.approx(float(by_hand[answer_positions].sum()), abs=1e-4)
+    first_token_steered = not torch.isclose(by_hand[start - 1], plain[start - 1], atol=1e-6)
+    assert first_token_steered == short

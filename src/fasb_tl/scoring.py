@@ -1,11 +1,15 @@
 """Teacher-forced log-likelihood of answer choices, with the FASB steering decision made by a protocol.
 
 Positions (documented differences from the released code): an answer's tokens start exactly at its first
-token after the context; p_true is read at answer-token positions; and steering covers every position from
-the last context token on, i.e. every position whose logits score an answer token. The released code starts
-both at ``len(prompt) + 4`` (meant to skip ``"\\nA: "``, which is 3 Llama tokens), so its first steerable
-logit scores the second answer token; with single-token answers (the six multiple-choice tasks) nothing
-would be steerable there.
+token after the context, and p_true is read at answer-token positions. Steering starts at the last kept
+position and covers every later one: ``iti`` and the ``question`` gate keep nothing, so they steer from the last
+context token, i.e. every position whose logits score an answer token. Under ``paper`` a trigger at the
+answer's ``n``-th token keeps ``n - back_steps`` tokens (``no_backtrack``: ``n``) and the first check comes at
+``n = back_steps + 1`` (or at the last token of a shorter answer), so the scores of answer tokens
+``kept + 1 .. m`` are steered and the first answer token's only in answers of at most ``back_steps`` tokens
+(``tests/test_fidelity.py`` pins this). The released code starts both at ``len(prompt) + 4`` (meant to skip
+``"\\nA: "``, which is 3 Llama tokens), so its first steerable logit scores the second answer token; with
+single-token answers (the six multiple-choice tasks) nothing would be steerable there.
 
 Protocols for the steering methods:
 
