@@ -104,6 +104,7 @@ def head_importance() -> list[NotebookNode]:
 
         from fasb_tl import HeadProbes, Steerer, collect_head_activations, load_model
         from fasb_tl.data import dataset_splits, load_dataset, probe_bank, tuning_bank
+        from fasb_tl.fitting import model_meta, steerer_from_activations
         from fasb_tl.plotting import (
             plot_backend_agreement,
             plot_direction_cosines,
@@ -115,7 +116,6 @@ def head_importance() -> list[NotebookNode]:
             plot_projection_histograms,
         )
         from fasb_tl.scoring import ScoringConfig, score_choices
-        from fasb_tl.fitting import model_meta, steerer_from_activations
 
         # After the fasb_tl imports, which select a backend for scripts; figures then show inline.
         %matplotlib inline

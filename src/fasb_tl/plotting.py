@@ -461,6 +461,19 @@ def _errors(estimates: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndar
     return np.maximum(np.stack([estimates - low, high - estimates]), 0.0)
 
 
+def _wilson(value: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of one proportion ``value`` of ``n`` items."""
+    (low,), (high,) = wilson_interval(np.array([value]), n)
+    return float(low), float(high)
+
+
+def _items(part: pd.DataFrame, n: int | str | None) -> list[int] | None:
+    """The number of items behind each row of ``part``: ``n`` itself, its column, or None (unknown)."""
+    if n is None:
+        return None
+    return part[n].astype(int).tolist() if isinstance(n, str) else [n] * len(part)
+
+
 def _steered_column(frame: pd.DataFrame, y: str, steered: str | None) -> str | None:
     if steered != AUTO:
         return steered
@@ -472,16 +485,15 @@ def _sweep_points(group: pd.DataFrame, x: str, y: str, n: int | str | None) -> p
     points = []
     for value, part in group.groupby(x, sort=True):
         values = part[y].to_numpy(dtype=float)
-        items = None if n is None else part[n].to_numpy(dtype=int) if isinstance(n, str) else [n] * len(part)
+        items = _items(part, n)
         if len(values) > 1:
             estimate, low, high = _t_interval(values)
             kind = "Student t over rows"
         elif items is not None:
-            (low,), (high,) = wilson_interval(values, int(items[0]))
-            estimate, kind = values[0], "Wilson"
+            (low, high), estimate, kind = _wilson(values[0], items[0]), values[0], "Wilson"
         else:
             estimate, low, high, kind = values[0], np.nan, np.nan, None
-        total = None if items is None else int(np.sum(items))
+        total = None if items is None else sum(items)
         points.append({x: value, "estimate": estimate, "low": low, "high": high, "n": total, "kind": kind})
     return pd.DataFrame(points)
 
@@ -542,8 +554,7 @@ def plot_sweep(
         if below is not None:
             fractions = group.groupby(x, sort=True)[steered].mean()
             below.plot(fractions.index, fractions.to_numpy(), marker=marker, linestyle=dashes, alpha=0.85)
-    band = None if baseline is None or not isinstance(n, int) else wilson_interval(np.array([baseline]), n)
-    band = None if band is None else (float(band[0][0]), float(band[1][0]))
+    band = _wilson(baseline, n) if baseline is not None and isinstance(n, int) else None
     held.append(_draw_baseline(ax, baseline, band, n if isinstance(n, int) else None))
     _span_ylim(ax, np.concatenate([np.ravel(h) for h in held]), min_span)
     ax.set_ylabel(y)
@@ -635,16 +646,13 @@ def plot_head_ablation(
     """
     if len(labels) != len(scores):
         raise ValueError(f"got {len(labels)} labels for {len(scores)} scores")
-    values = np.asarray(scores, dtype=float)
-    low, high = wilson_interval(values, n)
-    (base_low,), (base_high,) = wilson_interval(np.array([baseline]), n)
     return plot_method_scores(
         labels,
-        values,
-        list(zip(low, high)),
+        scores,
+        [_wilson(score, n) for score in scores],
         n=n,
         baseline=baseline,
-        baseline_interval=(float(base_low), float(base_high)),
+        baseline_interval=_wilson(baseline, n),
         ylabel=ylabel,
         title=title,
         interval="95% Wilson interval",
