@@ -104,6 +104,12 @@ class Fit:
         """The K-head Steerer the notebooks use."""
         return select_heads(self.largest, slice(0, K))
 
+    @property
+    def majority(self) -> float:
+        """The share of the larger class among the validation answers: a constant probe's accuracy."""
+        rate = self.y_val.float().mean().item()
+        return max(rate, 1 - rate)
+
     def held_out(self, sizes: Sizes) -> list[QARecord]:
         """Test-fold questions for multiple choice and generation."""
         return [self.records[i] for i in self.split.test][: sizes.n_mc]
@@ -162,11 +168,10 @@ def head_figures(state: Fit, sizes: Sizes) -> dict[str, Figure]:
         false.append(projection[labels == 0])
         titles.append(f"L{layer}H{head} (val acc {steerer.val_accuracy[layer, head]:.2f})")
     order = torch.argsort(steerer.heads[:, 0] * steerer.meta.n_heads + steerer.heads[:, 1])
+    source = {"majority": state.majority, "model": steerer.meta.model_name, "dataset": "builtin, fold 0"}
     return {
-        "head_accuracy": plot_head_accuracy(
-            steerer.val_accuracy, steerer.heads, title=f"{steerer.meta.model_name}: probe accuracy"
-        ),
-        "layer_accuracy": plot_layer_accuracy(state.probes.val_accuracy_),
+        "head_accuracy": plot_head_accuracy(steerer.val_accuracy, steerer.heads, **source),
+        "layer_accuracy": plot_layer_accuracy(state.probes.val_accuracy_, **source),
         "backend_agreement": plot_backend_agreement(state.probes.val_accuracy_, reference.val_accuracy_, k=K),
         "projection_histograms": plot_projection_histograms(true, false, titles),
         "direction_cosines": plot_direction_cosines(steerer.directions[order], steerer.heads[order]),
@@ -185,27 +190,31 @@ def summary(results: list[ChoiceScores], records: list[QARecord]) -> dict[str, f
     return {"accuracy": sum(hits) / len(hits), "steered": sum(steered) / len(steered)}
 
 
+def unsteered_accuracy(state: Fit, sizes: Sizes) -> float:
+    """MC accuracy of the held-out questions without steering (the `none` baseline)."""
+    held_out = state.held_out(sizes)
+    none = score_choices(state.model, *mc_items(held_out), None, ScoringConfig(method="none"))
+    return summary(none, held_out)["accuracy"]
+
+
 def ablation_figures(state: Fit, sizes: Sizes) -> dict[str, Figure]:
-    """Notebook 01: MC accuracy change from steering each top head alone (and all K)."""
+    """Notebook 01: MC accuracy from steering each top head alone (and all K), against no steering."""
     held_out = state.held_out(sizes)
     contexts, options = mc_items(held_out)
-    none = score_choices(state.model, contexts, options, None, ScoringConfig(method="none"))
-    baseline = summary(none, held_out)["accuracy"]
+    baseline = unsteered_accuracy(state, sizes)
     steerer = state.steerer
     candidates = {
         f"L{layer}H{head}": select_heads(steerer, slice(i, i + 1))
         for i, (layer, head) in enumerate(steerer.heads[: sizes.n_ablate].tolist())
     }
     candidates[f"all {K}"] = steerer
-    changes = {}
+    scores = {}
     for label, candidate in candidates.items():
         steered = score_choices(
             state.model, contexts, options, candidate, ScoringConfig(method="iti", alpha=ALPHA)
         )
-        changes[label] = summary(steered, held_out)["accuracy"] - baseline
-    figure = plot_head_ablation(
-        list(changes), list(changes.values()), baseline, ylabel="MC accuracy change vs no steering"
-    )
+        scores[label] = summary(steered, held_out)["accuracy"]
+    figure = plot_head_ablation(list(scores), list(scores.values()), baseline, n=len(held_out))
     return {"head_ablation": figure}
 
 
@@ -246,11 +255,15 @@ def sweep_figures(state: Fit, sizes: Sizes) -> dict[str, Figure]:
             )
         )
     sweeps = pd.concat(frames, ignore_index=True)
+    held_out = state.held_out(sizes)
+    baseline = unsteered_accuracy(state, sizes)
     figures = {}
     for parameter in ["alpha", "threshold", "back_steps", "K"]:
         frame = sweeps[sweeps.parameter == parameter].rename(columns={"value": parameter})
         title = f"MC accuracy vs {parameter}"
-        figures[f"sweep_{parameter.lower()}"] = plot_sweep(frame, parameter, "accuracy", "variant", title)
+        figures[f"sweep_{parameter.lower()}"] = plot_sweep(
+            frame, parameter, "accuracy", "variant", title, n=len(held_out), baseline=baseline
+        )
     gated = sweeps[(sweeps.parameter == "threshold") & (sweeps.variant != "iti")]
     figures["sweep_threshold_steered"] = plot_sweep(
         gated.rename(columns={"value": "threshold"}),
@@ -258,6 +271,7 @@ def sweep_figures(state: Fit, sizes: Sizes) -> dict[str, Figure]:
         "steered",
         "variant",
         "Fraction of answer choices steered",
+        n=sum(len(options) for options in mc_items(held_out)[1]),  # the fraction is over answer choices
     )
     return figures
 

@@ -20,6 +20,11 @@ HERE = Path(__file__).resolve().parent
 
 FAST_LINE = 'FAST = os.environ.get("FASB_NOTEBOOK_FAST", "0") == "1"  # small sizes for tests and CI'
 
+# The embedded SmolLM2 is the default; prose and code read the model's shape from model.cfg, not from here.
+MODEL_LINE = (
+    'MODEL = "smollm2-135m-instruct"  # or "gemma-3-270m", "tiny-random-llama", a local HF folder, a Hub id'
+)
+
 # tqdm falls back to text progress bars without ipywidgets; its warning about that is noise here.
 QUIET_TQDM = 'warnings.filterwarnings("ignore", message="IProgress not found")'
 
@@ -61,9 +66,10 @@ def head_importance() -> list[NotebookNode]:
         FASB starts like ITI: one logistic-regression probe per attention head reads the head's output
         (`hook_z`, before `W_O`) at the last token of `Q: {question} A: {answer}` and predicts whether the
         answer is true. The heads whose probes score best on validation questions become the steered heads.
-        This notebook fits those probes on SmolLM2-135M-Instruct (30 layers x 9 heads) with the package's
-        built-in dataset and looks at what they found: where the signal sits, whether the two probe
-        backends agree, how well true and false answers separate, and what steering one head at a time does.
+        This notebook fits those probes on every head of the model named by `MODEL` in the first cell (the
+        embedded SmolLM2-135M-Instruct by default) with the package's built-in dataset and looks at what they
+        found: where the signal sits, whether the two probe backends agree, how well true and false answers
+        separate, and what steering one head at a time does.
 
         Caveats worth keeping in mind while reading the figures:
 
@@ -71,7 +77,8 @@ def head_importance() -> list[NotebookNode]:
           move in coarse steps and the ranking of near-tied heads is noisy.
         * The probes partly detect answer *wording*: many true answers start with "No," and many false
           ones repeat the myth, so a head can score well without representing truth.
-        * This is a 135M-parameter model; effects seen here need not transfer to larger models.
+        * The default model has 135M parameters; effects seen on a small model need not transfer to larger
+          ones.
         """),
         code(f"""
         import os
@@ -80,9 +87,10 @@ def head_importance() -> list[NotebookNode]:
         {QUIET_TQDM}
 
         {FAST_LINE}
+        {MODEL_LINE}
         DATASET = "builtin"  # or "truthfulqa", which ships with the package (see the last section)
         SEED = 42
-        K = 24  # heads the Steerer keeps
+        K = 24  # heads the Steerer keeps (at most n_layers x n_heads of the model)
         ALPHA = 15.0  # steering strength in the per-head ablation
         RECORD_STRIDE = 4 if FAST else 1  # every 4th question still spans all topics of the built-in set
         N_ABLATE = 3 if FAST else 8  # top heads steered one at a time
@@ -96,16 +104,18 @@ def head_importance() -> list[NotebookNode]:
 
         from fasb_tl import HeadProbes, Steerer, collect_head_activations, load_model
         from fasb_tl.data import dataset_splits, load_dataset, probe_bank, tuning_bank
+        from fasb_tl.fitting import model_meta, steerer_from_activations
         from fasb_tl.plotting import (
             plot_backend_agreement,
             plot_direction_cosines,
             plot_head_ablation,
             plot_head_accuracy,
+            plot_head_accuracy_difference,
+            plot_head_accuracy_pair,
             plot_layer_accuracy,
             plot_projection_histograms,
         )
         from fasb_tl.scoring import ScoringConfig, score_choices
-        from fasb_tl.fitting import model_meta, steerer_from_activations
 
         # After the fasb_tl imports, which select a backend for scripts; figures then show inline.
         %matplotlib inline
@@ -120,7 +130,8 @@ def head_importance() -> list[NotebookNode]:
         scale sigma of each head comes from a label-free "tuning" bank of prompts.
         """),
         code("""
-        model = load_model()  # the embedded SmolLM2-135M-Instruct, offline
+        model = load_model(MODEL)
+        n_layers, n_heads, d_head = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
         records = load_dataset(DATASET)[::RECORD_STRIDE]
         split = dataset_splits(DATASET, len(records), seed=SEED)[0]
 
@@ -155,6 +166,7 @@ def head_importance() -> list[NotebookNode]:
         probes = steerer.fit_report
         majority = max(y_val.float().mean().item(), 1 - y_val.float().mean().item())
         layer, head = steerer.heads[0].tolist()
+        print(f"{meta.model_name}: {n_layers} layers x {n_heads} heads of {d_head} dimensions")
         print(
             f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test questions; "
             f"{n_train} train and {n_probe - n_train} val answers"
@@ -166,41 +178,59 @@ def head_importance() -> list[NotebookNode]:
         ### Layer x head accuracy
 
         Each cell is one head's probe accuracy on the validation answers; the stars mark the K heads the
-        Steerer keeps (ties go to the lower layer, then the lower head).
+        Steerer keeps (ties go to the lower layer, then the lower head). The colours diverge from white at
+        the majority-label rate printed above, the score of a probe that always answers the larger class:
+        blue heads beat it, red ones do worse. The second map sorts each layer's heads by accuracy (best on
+        the left), as ITI draws it, which shows how many heads of a layer carry the signal.
         """),
         code("""
-        fig = plot_head_accuracy(steerer.val_accuracy, steerer.heads, title=f"{meta.model_name}: probe accuracy")
+        source = {"majority": majority, "model": meta.model_name, "dataset": DATASET}
+        fig = plot_head_accuracy(steerer.val_accuracy, steerer.heads, **source)
+        fig = plot_head_accuracy(steerer.val_accuracy, steerer.heads, sort_heads=True, **source)
         """),
         md("""
         ### Accuracy by layer
 
-        The best head and the mean over the 9 heads of each layer. A signal that rises in the middle layers
-        and stays is what ITI reports for larger models; the dotted line is chance for balanced labels
-        (the majority-label rate printed above is the honest baseline).
+        The best head and the mean over the heads of each layer, with a 95% t interval of that mean across
+        the layer's heads and every head as a grey dot. A signal that rises in the middle layers and stays is
+        what ITI reports for larger models; the dashed line is the majority-label rate, the baseline any
+        probe has to beat (0.5 is chance only for balanced labels).
 
-        Layer 0's heads all score exactly the majority-label rate. Their outputs are several times smaller
-        than later layers', and the probes' L2 penalty (sklearn's default `C = 1` on unscaled features,
-        kept for parity with the reference) shrinks such probes to predicting the majority label; a low
-        score there says as much about activation scale as about content.
+        A layer whose heads all score exactly the majority-label rate (the cell lists them) is one where
+        every probe predicts the larger class. With SmolLM2 this happens in layer 0: its head outputs are
+        several times smaller than later layers', and the probes' L2 penalty (sklearn's default `C = 1` on
+        unscaled features, kept for parity with the reference) shrinks such probes to the majority label, so
+        a low score there says as much about activation scale as about content.
         """),
         code("""
-        fig = plot_layer_accuracy(probes.val_accuracy_)
+        fig = plot_layer_accuracy(probes.val_accuracy_, **source)
+        at_majority = (probes.val_accuracy_ - majority).abs().amax(dim=1) < 1e-6
+        print(f"layers whose heads all score the majority rate: {at_majority.nonzero().flatten().tolist()}")
         """),
         md("""
         ### Do the two probe backends agree?
 
         `HeadProbes(backend="sklearn")` fits one `LogisticRegression` per head (the reference);
-        `backend="torch"` solves all 270 problems together with batched Newton steps. Both minimise the
-        same objective, so the coefficients should match to solver tolerance, and accuracies can only
-        differ for answers that sit right at a decision boundary. The title gives the mean absolute
-        difference in accuracy and how many of the top-K heads both backends select.
+        `backend="torch"` solves all `n_layers x n_heads` problems together with batched Newton steps. Both
+        minimise the same objective, so the coefficients should agree up to the solvers' tolerances, and
+        accuracies can only differ for answers that sit right at a decision boundary. The title gives the
+        mean absolute difference in accuracy and how many of the top-K heads both backends select; the cell
+        prints the largest coefficient difference it finds, against the size of the coefficients, and how
+        many heads' accuracies differ.
         """),
         code("""
         reference = HeadProbes(backend="sklearn", random_state=SEED).fit(
             acts[:n_train], y_train, acts[n_train:n_probe], y_val, progress=PROGRESS
         )
         fig = plot_backend_agreement(probes.val_accuracy_, reference.val_accuracy_, k=K)
-        print(f"largest coefficient difference: {(probes.coef_ - reference.coef_).abs().max():.2e}")
+        largest_gap = (probes.coef_ - reference.coef_).abs().max().item()
+        largest_coef = reference.coef_.abs().max().item()
+        differing = int((probes.val_accuracy_ != reference.val_accuracy_).sum())
+        print(
+            f"largest coefficient difference: {largest_gap:.2e}, "
+            f"{largest_gap / largest_coef:.1e} of the largest coefficient ({largest_coef:.2e})"
+        )
+        print(f"{differing} of {n_layers * n_heads} heads differ in validation accuracy between the backends")
         """),
         md("""
         ### True vs false answers along the steering directions
@@ -223,15 +253,18 @@ def head_importance() -> list[NotebookNode]:
         md("""
         ### How similar are the heads' directions?
 
-        Cosine similarity between the K steering directions, heads sorted by layer. Read it with care: each head writes into its
-        own 64-dimensional space, so a cosine between two heads compares coordinates in unrelated bases.
-        It is meaningful only for heads of the same layer that share a key/value head (SmolLM2 has 3 KV
-        heads per layer: heads 0-2, 3-5 and 6-8 each read the same values), where it shows whether they
-        point the same way; elsewhere expect values near zero.
+        Cosine similarity between the K steering directions, heads sorted by layer. Read it with care: each
+        head writes into its own `d_head`-dimensional space, so a cosine between two heads compares
+        coordinates in unrelated bases. It is meaningful only for heads of the same layer that share a
+        key/value head under grouped-query attention (the cell prints which heads of a layer read the same
+        values), where it shows whether they point the same way; elsewhere expect values near zero.
         """),
         code("""
-        order = torch.argsort(steerer.heads[:, 0] * model.cfg.n_heads + steerer.heads[:, 1])
+        order = torch.argsort(steerer.heads[:, 0] * n_heads + steerer.heads[:, 1])
         fig = plot_direction_cosines(steerer.directions[order], steerer.heads[order])
+        n_kv = getattr(model.cfg, "n_key_value_heads", None) or n_heads
+        shared = [f"{start}-{start + n_heads // n_kv - 1}" for start in range(0, n_heads, n_heads // n_kv)]
+        print(f"{n_kv} key/value heads per layer; heads sharing one: {', '.join(shared)}")
         """),
         md("""
         ### Truth or wording? A text-only baseline
@@ -270,7 +303,8 @@ def head_importance() -> list[NotebookNode]:
         gets the lowest `p_true` FASB would see while generating it; an answer below the threshold triggers.
         `calibrate_threshold` picks the threshold with the best balanced accuracy instead. Second, probes fitted
         on a probe bank built in that format (`probe_bank(..., "generation")`, `fasb fit --probe-format
-        generation`): do they pick the same heads?
+        generation`): do they pick the same heads? The two grids share one colour scale, and the last map is
+        their difference (blue: better in the generation format).
         """),
         code("""
         from fasb_tl.calibration import calibrate_threshold, generation_format_scores
@@ -308,8 +342,16 @@ def head_importance() -> list[NotebookNode]:
             f"generation format {generation_probes.val_accuracy_.max():.3f}; "
             f"{len(shared)} of the top {K} heads are shared"
         )
-        fig = plot_head_accuracy(
-            generation_probes.val_accuracy_, generation_heads, title="probes fitted in the generation format"
+        formats = ("Q: A: format", "generation format")
+        fig = plot_head_accuracy_pair(
+            probes.val_accuracy_,
+            generation_probes.val_accuracy_,
+            formats,
+            top_heads=(steerer.heads, generation_heads),
+            **source,
+        )
+        fig = plot_head_accuracy_difference(
+            probes.val_accuracy_, generation_probes.val_accuracy_, formats, model=meta.model_name, dataset=DATASET
         )
         """),
         md("""
@@ -317,9 +359,10 @@ def head_importance() -> list[NotebookNode]:
 
         For each of the top heads, a Steerer restricted to that head alone steers every answer choice of
         the held-out questions (ITI style: always on, strength `alpha`), and we compare multiple-choice
-        accuracy (the top-scored answer is a true one) with no steering. The last bar steers all K heads.
-        With few questions each bar moves in steps of one question; one head at `alpha` 15 is a weak
-        intervention, so small or zero changes are expected.
+        accuracy (the top-scored answer is a true one) with no steering (the dashed line; its 95% interval
+        is the grey band). The last point steers all K heads. Each point has its 95% Wilson interval over
+        the held-out questions: with few questions a point moves in steps of one question, and one head at
+        `alpha` 15 is a weak intervention, so small or zero changes are expected.
         """),
         code(MC_ITEMS),
         code("""
@@ -332,14 +375,12 @@ def head_importance() -> list[NotebookNode]:
             for i, (layer, head) in enumerate(steerer.heads[:N_ABLATE].tolist())
         }
         candidates[f"all {K}"] = steerer
-        changes = {}
+        accuracies = {}
         for label, candidate in candidates.items():
             config = ScoringConfig(method="iti", alpha=ALPHA)
             steered = score_choices(model, contexts, options, candidate, config, progress=PROGRESS)
-            changes[label] = mc_accuracy(steered, held_out) - baseline
-        fig = plot_head_ablation(
-            list(changes), list(changes.values()), baseline, ylabel="MC accuracy change vs no steering"
-        )
+            accuracies[label] = mc_accuracy(steered, held_out)
+        fig = plot_head_ablation(list(accuracies), list(accuracies.values()), baseline, n=len(held_out))
         """),
         md("""
         ## Switching to TruthfulQA
@@ -362,9 +403,10 @@ def head_importance() -> list[NotebookNode]:
 def ablations() -> list[NotebookNode]:
     return [
         md("""
-        # FASB ablations on SmolLM2-135M-Instruct
+        # FASB ablations
 
-        The paper's variants, each one setting of `method`:
+        The paper's variants on the model named by `MODEL` in the first cell (the embedded
+        SmolLM2-135M-Instruct by default), each one setting of `method`:
 
         | method | what it does |
         |---|---|
@@ -378,9 +420,11 @@ def ablations() -> list[NotebookNode]:
         Below: answers of each variant side by side, multiple-choice accuracy per variant, small sweeps
         over `alpha`, `threshold`, `back_steps` and K, and how FASB's backtracking behaves.
 
-        Caveats: the probes partly detect answer wording rather than truth; this is a 135M model; and
-        the threshold matters a lot. SmolLM2's probes sit around 0.42-0.56 in the few-shot generation
-        prompt, so the paper's 0.6 would trigger on every answer; 0.45 triggers on some.
+        Caveats: the probes partly detect answer wording rather than truth; the default model is small
+        (135M parameters); and the threshold matters a lot and depends on the model. With the default
+        SmolLM2 the probes' `p_true` sits around 0.42-0.56 in the few-shot generation prompt, so the paper's
+        0.6 would trigger on every answer and the 0.45 set below triggers on some; for another model,
+        calibrate it (`fasb fit --calibrate`, or the last section of notebook 01).
         """),
         code(f"""
         import os
@@ -389,8 +433,9 @@ def ablations() -> list[NotebookNode]:
         {QUIET_TQDM}
 
         {FAST_LINE}
+        {MODEL_LINE}
         SEED = 42
-        K = 24
+        K = 24  # at most n_layers x n_heads of the model, as every value of KS below
         ALPHA = 15.0
         THRESHOLD = 0.45
         BACK_STEPS = 10
@@ -430,7 +475,7 @@ def ablations() -> list[NotebookNode]:
         the smaller Steerers are slices of it.
         """),
         code("""
-        model = load_model()
+        model = load_model(MODEL)
         records = load_builtin()[::RECORD_STRIDE]
         split = dataset_splits("builtin", len(records), seed=SEED)[0]
         largest = fit_steerer(
@@ -513,6 +558,7 @@ def ablations() -> list[NotebookNode]:
 
         configs = named_configs(METHODS, ("question", "paper"), ALPHA, THRESHOLD, BACK_STEPS)
         scored = score_choices_many(model, contexts, options, steerer, configs, progress=PROGRESS)
+        unsteered = mc_accuracy(scored["none"], held_out)
         pd.DataFrame({name: summary(results, held_out) for name, results in scored.items()}).T.round(3)
         '''),
         md("""
@@ -520,8 +566,10 @@ def ablations() -> list[NotebookNode]:
 
         One setting varied at a time around `alpha` = 15, `threshold` = 0.45, `back_steps` = 10, K = 24,
         scored by multiple-choice accuracy on the held-out questions (one unsteered pass shared by all
-        settings). `back_steps` only matters under the `paper` protocol. With few questions the curves
-        move in steps of one question: treat them as a sanity check, not a result.
+        settings). `back_steps` only matters under the `paper` protocol. Every point has its 95% Wilson
+        interval over the held-out questions (their number is in the legend), the dashed line is no
+        steering, and the y axis spans at least 20 accuracy points, so a change of one question looks as
+        small as it is: with few questions treat the curves as a sanity check, not a result.
         """),
         code('''
         VARIANTS = {"iti": ("iti", "paper"), "fasb/question": ("fasb", "question"), "fasb/paper": ("fasb", "paper")}
@@ -561,17 +609,21 @@ def ablations() -> list[NotebookNode]:
         ### Accuracy against `alpha`, `threshold`, `back_steps` and K
 
         `alpha` scales the steering vector for every variant; `threshold` decides how often the gated
-        variants steer at all (the next plot shows how often); K is the number of steered heads.
+        variants steer at all (the panel under each plot shows the fraction of answer choices steered, and
+        the last plot that fraction alone against the threshold, with intervals over the answer choices); K
+        is the number of steered heads.
         """),
         code("""
         for parameter in ["alpha", "threshold", "back_steps", "K"]:
             frame = sweeps[sweeps.parameter == parameter].rename(columns={"value": parameter})
-            fig = plot_sweep(frame, parameter, "accuracy", hue="variant", title=f"MC accuracy vs {parameter}")
+            title = f"MC accuracy vs {parameter}"
+            fig = plot_sweep(frame, parameter, "accuracy", "variant", title, n=len(held_out), baseline=unsteered)
         """),
         code("""
         frame = sweeps[(sweeps.parameter == "threshold") & (sweeps.variant != "iti")]
         frame = frame.rename(columns={"value": "threshold"})
-        fig = plot_sweep(frame, "threshold", "steered", hue="variant", title="Fraction of answer choices steered")
+        title = "Fraction of answer choices steered"
+        fig = plot_sweep(frame, "threshold", "steered", "variant", title, n=sum(map(len, options)))
         """),
         md("""
         ## When does FASB backtrack?
@@ -638,6 +690,7 @@ def quickstart() -> list[NotebookNode]:
         QUESTION = "What happens to you if you eat watermelon seeds?"  # ask your own
 
         {FAST_LINE}
+        {MODEL_LINE}
         RECORD_STRIDE = 4 if FAST else 1  # fit on every 4th built-in question in FAST mode
         MAX_NEW_TOKENS = 24 if FAST else 60
         PROGRESS = not FAST
@@ -658,7 +711,7 @@ def quickstart() -> list[NotebookNode]:
         accuracy, their steering directions and scales: about a minute on a laptop CPU.
         """),
         code("""
-        model = load_model()
+        model = load_model(MODEL)
         records = load_builtin()[::RECORD_STRIDE]
         split = dataset_splits("builtin", len(records))[0]
         steerer = fit_steerer(model, records, split, k=24, dataset="builtin", fold=0, progress=PROGRESS)
@@ -681,9 +734,9 @@ def quickstart() -> list[NotebookNode]:
         md("""
         ## Answer a question with FASB
 
-        `threshold` 0.45 suits SmolLM2 (its probes sit around 0.42-0.56 in this prompt; the paper's 0.6
-        would trigger on everything). The answer with backtracking is printed as
-        `kept [-removed-] regenerated`.
+        `threshold` 0.45 suits the default SmolLM2 (its probes sit around 0.42-0.56 in this prompt; the
+        paper's 0.6 would trigger on everything); for another model, calibrate it (`fasb fit --calibrate`).
+        The answer with backtracking is printed as `kept [-removed-] regenerated`.
         """),
         code("""
         prompt = generation_prompt(QUESTION)

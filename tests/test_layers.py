@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"generation", "scoring", "caa", "text_baseline"},
     {"calibration", "plotting"},
     {"evaluation"},
-    {"run_config"},
+    {"run_config", "report_figures"},
     {"bench", "demo"},
     {"cli_args"},
     {"cli"},

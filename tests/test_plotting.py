@@ -88,14 +88,13 @@ def test_direction_cosines_labels_and_values():
     assert cosines[1, 1] == pytest.approx(1.0)
 
 
-def test_head_ablation_bars_follow_the_changes():
-    fig = plot_head_ablation(["L1H2", "L3H4", "all"], [0.125, -0.25, 0.0], baseline=0.5)
+def test_head_ablation_points_follow_the_scores():
+    fig = plot_head_ablation(["L1H2", "L3H4", "all"], [0.625, 0.25, 0.5], baseline=0.5, n=8)
     ax = fig.axes[0]
-    assert [p.get_height() for p in ax.patches] == [0.125, -0.25, 0.0]
+    assert ax.containers[0].lines[0].get_ydata().tolist() == [0.625, 0.25, 0.5]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["L1H2", "L3H4", "all"]
-    assert "0.500" in ax.get_title()
-    with pytest.raises(ValueError, match="2 labels for 3 changes"):
-        plot_head_ablation(["a", "b"], [0.1, 0.2, 0.3], baseline=0.5)
+    with pytest.raises(ValueError, match="2 labels for 3 scores"):
+        plot_head_ablation(["a", "b"], [0.1, 0.2, 0.3], baseline=0.5, n=8)
 
 
 def test_sweep_draws_one_line_per_hue_value():
@@ -106,12 +105,12 @@ def test_sweep_draws_one_line_per_hue_value():
             "method": ["iti", "iti", "fasb", "fasb"],
         }
     )
-    fig = plot_sweep(frame, "alpha", "accuracy", hue="method")
-    lines = fig.axes[0].lines
-    assert sorted(line.get_label() for line in lines) == ["method=fasb", "method=iti"]
-    assert all(line.get_xdata().tolist() == [1, 5] for line in lines)  # sorted by x
+    fig = plot_sweep(frame, "alpha", "accuracy", hue="method", n=20)
+    lines = fig.axes[0].containers
+    assert sorted(line.get_label() for line in lines) == ["method=fasb, n=20", "method=iti, n=20"]
+    assert all(line.lines[0].get_xdata().tolist() == [1, 5] for line in lines)  # sorted by x
     single = plot_sweep(frame, "alpha", "accuracy", title="accuracy vs alpha").axes[0]
-    assert len(single.lines) == 1 and single.get_title() == "accuracy vs alpha"
+    assert len(single.containers) == 1 and single.get_title() == "accuracy vs alpha"
     with pytest.raises(ValueError, match="not in the frame"):
         plot_sweep(frame, "alpha", "mc2")
 
