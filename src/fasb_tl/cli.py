@@ -194,6 +194,12 @@ def _holding(out: str, shard):
     return open_result_folder(Path(out), shard)
 
 
+def _run_options(args: argparse.Namespace, shard) -> dict:
+    """What ``run_plan`` takes from the options besides the plan: the data, the ranks, and the judges'
+    placement (the command's --device, else the model's, in its --dtype)."""
+    return {"data_dir": args.data_dir, "shard": shard, "judge_device": args.device, "judge_dtype": args.dtype}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate methods on tasks into a resumable result folder (data-parallel under torchrun)."""
     from fasb_tl.distributed import init_from_env
@@ -204,7 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with _holding(args.out, shard):
         model = _load(args, shard)
         _check_fits(args, model, [plan])
-        run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
+        run_plan(model, plan, args.out, **_run_options(args, shard))
     if shard.is_main:
         _print_tables(Path(args.out))
     return 0
@@ -227,7 +233,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for index, plan in enumerate(plans, start=1):
             if shard.is_main:
                 print(f"sweep point {index}/{len(plans)}")
-            run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
+            run_plan(model, plan, args.out, **_run_options(args, shard))
     if shard.is_main:
         print(
             f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"

@@ -215,7 +215,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
         "--judges",
         type=names(JUDGE_NAMES),
         default="bleu-proxy,rouge1-proxy,info-proxy",
-        help=", ".join(JUDGE_NAMES),
+        help=f"{', '.join(JUDGE_NAMES)}; the allenai judges load on the model's device in --dtype",
     )
     parser.add_argument("--no-generation", action="store_true", help="skip TruthfulQA generation")
     parser.add_argument(
