@@ -1,19 +1,49 @@
-"""The ``fasb`` commands as a user meets them: the allenai judges placed where the command says."""
+"""The ``fasb`` commands as a user meets them: every option's help and default, and the allenai judges placed
+where the command says."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 import torch
 from test_plan_golden import small_data_dir
 
 import fasb_tl.models
-from fasb_tl.cli import main
+from fasb_tl.cli import build_parser, main
 from fasb_tl.evaluation.judges import HFJudge
 from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.runner import EvalPlan, run_plan
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
 
 TINY = ["--model", "tiny-random-llama"]
+
+
+# -- help and defaults ---------------------------------------------------------------------------------------
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_option_of_every_command_has_help_that_shows_its_default():
+    commands = subcommands()
+    assert {"fit", "demo", "eval", "sweep", "bench"} <= set(commands)
+    for name, parser in commands.items():
+        shown = "".join(parser.format_help().split())  # argparse wraps lines, at hyphens too
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            where = f"fasb {name} {action.option_strings[0]}"
+            assert action.help and action.help.strip(), f"{where} has no help text"
+            expanded = parser._get_formatter()._expand_help(action)
+            assert expanded.count("(default") == 1, f"{where}: {expanded!r}"
+            assert "".join(expanded.split()) in shown, f"{where}: its help is not in --help"
+    # The default is the value the option takes, not the text of the table it came from.
+    shown = "".join(commands["eval"].format_help().split())
+    assert "(default:200)" in shown and "(default:themiddle)" in shown
 
 
 @pytest.fixture(scope="module")

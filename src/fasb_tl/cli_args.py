@@ -1,5 +1,7 @@
 """The options of the ``fasb`` commands: one argument parser per command, built from one table of the
-options several commands share. :mod:`fasb_tl.cli` attaches a handler to each command."""
+options several commands share. :mod:`fasb_tl.cli` attaches a handler to each command.
+
+Every option has help text, and ``--help`` shows its default (:class:`DefaultsHelpFormatter`)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,24 @@ from fasb_tl.directions import CONTROL_KINDS, DIRECTION_KINDS
 from fasb_tl.evaluation.judges import JUDGE_NAMES
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
 from fasb_tl.evaluation.variants import THRESHOLD_MODES
-from fasb_tl.generation_config import HISTORIES
+from fasb_tl.generation_config import HISTORIES, GenerationConfig
 from fasb_tl.methods import ALL_METHODS
 from fasb_tl.models import DTYPES
 from fasb_tl.probes import BACKENDS
 from fasb_tl.run_config import RunConfig
 from fasb_tl.scoring import PROTOCOLS
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """The one place that puts each option's default in ``--help``: ``(default: ...)`` is appended to the help
+    text unless the text already says its default in words (``(default: the middle)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default is not argparse.SUPPRESS and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
 
 DATA_DIR_HELP = (
     "folder with one subfolder per dataset (default: $FASB_TL_DATA, else the repository's data/, else the "
@@ -104,10 +118,32 @@ SHARED_OPTIONS: dict[str, dict] = {
         "default": RunConfig.k,
         "help": "number of heads to steer, at most n_layers x n_heads (8 on the tiny test models)",
     },
-    "--alpha": {"type": number(float, 0), "default": RunConfig.alpha},
-    "--threshold": {"type": number(float, 0, 1), "default": 0.6},
-    "--back-steps": {"type": number(int, 0), "default": RunConfig.back_steps},
-    "--max-new-tokens": {"type": number(int, 1), "default": RunConfig.max_new_tokens},
+    "--alpha": {
+        "type": number(float, 0),
+        "default": RunConfig.alpha,
+        "help": "steering strength: alpha x strength x sigma_k x v_k is added to each steered head",
+    },
+    "--threshold": {
+        "type": number(float, 0, 1),
+        "default": GenerationConfig.threshold,
+        "help": "the probes trigger steering when the mean P(true) of the K heads falls below this",
+    },
+    "--back-steps": {
+        "type": number(int, 0),
+        "default": RunConfig.back_steps,
+        "help": "answer tokens a trigger removes before steered regeneration",
+    },
+    "--max-new-tokens": {
+        "type": number(int, 1),
+        "default": RunConfig.max_new_tokens,
+        "help": "new-token budget of each generated answer",
+    },
+    "--history": {
+        "default": GenerationConfig.history,
+        "choices": HISTORIES,
+        "help": "reference: steered positions are re-read unsteered (the released code); persistent: steered "
+        "keys and values stay in the cache",
+    },
 }
 
 
@@ -120,29 +156,49 @@ def add_shared(parser: argparse.ArgumentParser, *flags: str, **changes: dict) ->
 
 def add_placement_options(parser: argparse.ArgumentParser) -> None:
     """Where the model goes: one device, an accelerate device map, and the dtype."""
-    parser.add_argument("--device", default=None, help="one device for the whole model (cpu, cuda:0, ...)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="one device for the whole model (cpu, cuda:0, ...) (default: cpu; under torchrun with CUDA, each "
+        "rank's GPU)",
+    )
     parser.add_argument(
         "--device-map",
         default=None,
         help="accelerate device map over several GPUs, e.g. auto (not with --device)",
     )
-    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    parser.add_argument(
+        "--dtype", default="float32", choices=tuple(DTYPES), help="dtype of the model's weights"
+    )
 
 
 def add_fit_options(parser: argparse.ArgumentParser) -> None:
     """``fasb fit``: model, dataset and fold, the Steerer's settings, where it goes, and the calibration."""
     add_shared(parser, "--model")
     add_placement_options(parser)
-    parser.add_argument("--dataset", default="builtin", choices=DATASETS)
+    parser.add_argument(
+        "--dataset", default="builtin", choices=DATASETS, help="questions to fit the probes on"
+    )
     add_shared(parser, "--data-dir")
     parser.add_argument("--folds", type=int, default=2, help="number of question folds")
     parser.add_argument("--fold", type=int, default=0, help="which fold is held out as the test set")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=RunConfig.seed)
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the training folds' questions kept for choosing the top-K heads",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=RunConfig.seed, help="seed of the split, the probes and the tuning bank"
+    )
     add_shared(parser, "--k")
-    parser.add_argument("--direction", default="mass_mean", choices=DIRECTION_KINDS)
-    parser.add_argument("--backend", default="torch", choices=BACKENDS)
-    parser.add_argument("--batch-size", type=number(int, 1), default=16)
+    parser.add_argument(
+        "--direction", default="mass_mean", choices=DIRECTION_KINDS, help="how each head's direction is made"
+    )
+    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="logistic-regression solver")
+    parser.add_argument(
+        "--batch-size", type=number(int, 1), default=16, help="prompts per extraction forward"
+    )
     parser.add_argument("--out", type=output_folder, default="runs/steerer", help="Steerer folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing Steerer folder")
     parser.add_argument(
@@ -167,7 +223,7 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-show", type=number(int, 0), default=4, help="held-out questions to answer side by side"
     )
-    parser.add_argument("--out", type=output_folder, default="runs/demo")
+    parser.add_argument("--out", type=output_folder, default="runs/demo", help="folder for the demo's files")
 
 
 def add_eval_options(parser: argparse.ArgumentParser) -> None:
@@ -196,8 +252,7 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
         default="paper,question",
         help="MC protocols for the monitored methods",
     )
-    add_shared(parser, "--data-dir", "--k", "--alpha", "--threshold", "--back-steps")
-    parser.add_argument("--history", default="reference", choices=HISTORIES)
+    add_shared(parser, "--data-dir", "--k", "--alpha", "--threshold", "--back-steps", "--history")
     add_shared(parser, "--max-new-tokens")
     parser.add_argument(
         "--n-mc", type=number(int, 1), default=None, help="TruthfulQA MC questions (default: all 817)"
@@ -240,7 +295,9 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
         help="fixed (the --threshold value) and/or calibrated (per fold, on held-out answers in the "
         "generation format; TruthfulQA only)",
     )
-    parser.add_argument("--out", type=output_folder, default="runs/eval")
+    parser.add_argument(
+        "--out", type=output_folder, default="runs/eval", help="result folder (rows, answers, Steerers)"
+    )
 
 
 # The settings a sweep can take a grid of, each with the checker of its comma list of values.
@@ -261,19 +318,21 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
             dest=f"grid_{name}",
             type=values,
             default="",
-            help=f"comma-separated values of {name}",
+            help=f"comma-separated values of {name} (default: none, the single --{name.replace('_', '-')})",
         )
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
     """``fasb bench``: the fields of :class:`~fasb_tl.bench.BenchConfig` it lets one change, and the folder."""
     add_shared(parser, "--model")
-    parser.add_argument("--n-prompts", type=number(int, 1), default=16)
+    parser.add_argument(
+        "--n-prompts", type=number(int, 1), default=16, help="held-out questions each decoding stage answers"
+    )
     add_shared(parser, "--max-new-tokens", "--k")
     parser.add_argument(
         "--repeats", type=number(int, 1), default=3, help="timed repeats of the fit and extraction stages"
     )
-    parser.add_argument("--out", type=output_folder, default="runs/bench")
+    parser.add_argument("--out", type=output_folder, default="runs/bench", help="folder for the bench report")
 
 
 # name, help and options of each command, in the order ``fasb --help`` lists them.
@@ -292,11 +351,15 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...]
 
 def command_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
     """The ``fasb`` parser: one subcommand per entry of :data:`COMMANDS`, each with ``handlers[name]`` as its
-    ``handler`` default."""
-    parser = argparse.ArgumentParser(prog="fasb", description="FASB activation steering on TransformerLens")
+    ``handler`` default and every option's default in its ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog="fasb",
+        description="FASB activation steering on TransformerLens",
+        formatter_class=DefaultsHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text, add_options in COMMANDS:
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, formatter_class=DefaultsHelpFormatter)
         add_options(command)
         command.set_defaults(handler=handlers[name])
     return parser
