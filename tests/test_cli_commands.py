@@ -1,22 +1,48 @@
-"""The ``fasb`` commands as a user meets them: every option's help and default, and the allenai judges placed
-where the command says."""
+"""The ``fasb`` commands as a user meets them: every option's help and default, ``fasb generate`` against the
+library's ``generate``, and the allenai judges placed where the command says."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
+from reference_loop import splitting_thresholds
 from test_plan_golden import small_data_dir
 
 import fasb_tl.models
 from fasb_tl.cli import build_parser, main
+from fasb_tl.data import extract_answer, generation_prompt
 from fasb_tl.evaluation.judges import HFJudge
 from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.runner import EvalPlan, run_plan
 from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
+from fasb_tl.generation import GenerationConfig, generate
 
 TINY = ["--model", "tiny-random-llama"]
+
+
+class ModelLoaded(RuntimeError):
+    """A command went as far as loading its model."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Stop a command with :class:`ModelLoaded` where it would load its model."""
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded
+
+    monkeypatch.setattr(fasb_tl.models, "load_model", refuse)
+
+
+def refusal(argv: list[str], capsys) -> str:
+    """The error line of a command that must stop (argparse's, or the command's own)."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code != 0
+    return capsys.readouterr().err.strip().splitlines()[-1] if stop.value.code == 2 else str(stop.value.code)
 
 
 # -- help and defaults ---------------------------------------------------------------------------------------
@@ -30,7 +56,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_option_of_every_command_has_help_that_shows_its_default():
     commands = subcommands()
-    assert {"fit", "demo", "eval", "sweep", "bench"} <= set(commands)
+    assert {"fit", "demo", "generate", "eval", "sweep", "bench"} <= set(commands)
     for name, parser in commands.items():
         shown = "".join(parser.format_help().split())  # argparse wraps lines, at hyphens too
         for action in parser._actions:
@@ -44,6 +70,121 @@ def test_every_option_of_every_command_has_help_that_shows_its_default():
     # The default is the value the option takes, not the text of the table it came from.
     shown = "".join(commands["eval"].format_help().split())
     assert "(default:200)" in shown and "(default:themiddle)" in shown
+
+
+# -- fasb generate -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def steerer_dir(steerer, tmp_path_factory):
+    return steerer.save(tmp_path_factory.mktemp("generate") / "steerer")
+
+
+def answers(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_generate_answers_every_prompt_as_the_library_does(
+    tiny_model, steerer, steerer_dir, tmp_path, capsys
+):
+    questions = ["Is the sky green?", "Can pigs fly?", "Where is Paris?"]
+    inputs = [generation_prompt(q) for q in questions]
+    threshold = splitting_thresholds(tiny_model, steerer, inputs, back_steps=1, max_new_tokens=4)["monitor"]
+    config = GenerationConfig(threshold=threshold, back_steps=1, max_new_tokens=4, alpha=5.0)
+    expected = generate(tiny_model, inputs, steerer, config, progress=False)
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text(json.dumps({"prompt": questions[2]}) + "\n\n")
+    out = tmp_path / "answers.jsonl"
+    out.write_text("an earlier run\n")
+    argv = [
+        "generate",
+        *TINY,
+        "--steerer",
+        str(steerer_dir),
+        *questions[:2],
+        "--prompts-file",
+        str(prompts_file),
+    ]
+    argv += ["--threshold", str(threshold), "--back-steps", "1", "--max-new-tokens", "4", "--alpha", "5"]
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    written = answers(out)
+    assert [r["prompt"] for r in written] == questions
+    for record, result in zip(written, expected):
+        assert record["token_ids"] == result.token_ids and record["triggered"] == result.triggered
+        assert record["p_true_trace"] == pytest.approx(result.p_true_trace)
+        assert record["removed_token_ids"] == result.removed_token_ids
+        assert record["answer"] == extract_answer(result.text)
+        assert ("[-" in record["backtrack"]) == (result.triggered and result.steered_from is not None)
+        assert record["config"]["threshold"] == threshold and record["model"] == "tiny-random-llama"
+    assert {r.triggered for r in expected} == {True, False}  # the threshold splits the prompts
+    printed = capsys.readouterr().out
+    assert [line[2:] for line in printed.splitlines() if line.startswith("> ")] == questions
+    assert printed.count("FASB: triggered at answer token") == sum(r.triggered for r in expected)
+
+
+def test_generate_raw_prompts_with_sampling_matches_the_library(tiny_model, steerer, steerer_dir, tmp_path):
+    prompts = ["Q: Is ice cold? A:", "Q: Do fish swim? A:"]
+    config = GenerationConfig(
+        method="iti",
+        alpha=2.0,
+        max_new_tokens=3,
+        do_sample=True,
+        temperature=0.7,
+        top_k=5,
+        top_p=0.9,
+        seed=3,
+        num_return_sequences=2,
+    )
+    expected = generate(tiny_model, prompts, steerer, config, progress=False)
+    out = tmp_path / "raw.jsonl"
+    argv = ["generate", *TINY, "--steerer", str(steerer_dir), "--raw", "--method", "iti", "--alpha", "2"]
+    argv += ["--max-new-tokens", "3", "--sample", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9"]
+    assert main([*argv, "--seed", "3", "--num-return-sequences", "2", "--out", str(out), *prompts]) == 0
+    written = answers(out)
+    assert [(r["prompt"], r["sequence"]) for r in written] == [(p, j) for p in prompts for j in (0, 1)]
+    assert [r["token_ids"] for r in written] == [r.token_ids for r in expected]
+    assert [r["answer"] for r in written] == [r.text for r in expected]  # --raw: the text as generated
+
+
+def test_generate_refuses_bad_input_before_the_model_loads(steerer_dir, tmp_path, no_model, capsys):
+    existing = tmp_path / "existing.jsonl"
+    existing.write_text("keep me\n")
+    no_prompt = tmp_path / "bad.jsonl"
+    no_prompt.write_text('{"question": "no prompt field"}\n')
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    empty_folder = tmp_path / "empty"
+    empty_folder.mkdir()
+    steerer = ["--steerer", str(steerer_dir)]
+    cases = [
+        (["--steerer", str(tmp_path / "missing"), "q?"], "argument --steerer: no folder"),
+        (["--steerer", str(empty_folder), "q?"], "argument --steerer: "),
+        ([*steerer], "no prompts"),
+        ([*steerer, ""], "argument prompts"),
+        ([*steerer, "--prompts-file", str(tmp_path / "nowhere.txt")], "argument --prompts-file: cannot read"),
+        (
+            [*steerer, "--prompts-file", str(no_prompt)],
+            'bad.jsonl:1: expected an object with a non-empty "prompt"',
+        ),
+        ([*steerer, "--prompts-file", str(blank)], "holds no prompts"),
+        ([*steerer, "q?", "--out", str(existing)], "argument --out: "),
+        ([*steerer, "q?", "--out", str(tmp_path)], "argument --out: "),
+        ([*steerer, "q?", "--num-return-sequences", "2"], "argument --num-return-sequences"),
+        ([*steerer, "q?", "--temperature", "0"], "argument --temperature: expected a finite number > 0"),
+        ([*steerer, "q?", "--method", "caa"], "argument --method"),
+    ]
+    for argv, expected in cases:
+        message = refusal(["generate", *TINY, *argv], capsys)
+        assert message.startswith("fasb generate: error: ") and expected in message, (argv, message)
+    assert existing.read_text() == "keep me\n"
+
+
+def test_generate_refuses_a_steerer_of_another_model(steerer_dir, tmp_path, capsys):
+    out = tmp_path / "answers.jsonl"
+    argv = ["generate", "--model", "tiny-random-gpt2", "--steerer", str(steerer_dir), "q?", "--out", str(out)]
+    message = refusal(argv, capsys)
+    assert message.startswith("fasb generate: error: argument --steerer: ") and "tiny-random-llama" in message
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from fasb_tl.cli_args import GRID_SETTINGS, command_parser
+from fasb_tl.cli_generate import cmd_generate
 
 
 def _load(args: argparse.Namespace, shard=None):
@@ -253,7 +254,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fasb`` argument parser (options in :mod:`fasb_tl.cli_args`), each command with its handler."""
     return command_parser(
-        {"fit": cmd_fit, "demo": cmd_demo, "eval": cmd_eval, "sweep": cmd_sweep, "bench": cmd_bench}
+        {
+            "fit": cmd_fit,
+            "demo": cmd_demo,
+            "generate": cmd_generate,
+            "eval": cmd_eval,
+            "sweep": cmd_sweep,
+            "bench": cmd_bench,
+        }
     )
 
 

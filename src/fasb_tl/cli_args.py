@@ -6,6 +6,7 @@ Every option has help text, and ``--help`` shows its default (:class:`DefaultsHe
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +18,7 @@ from fasb_tl.directions import CONTROL_KINDS, DIRECTION_KINDS
 from fasb_tl.evaluation.judges import JUDGE_NAMES
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
 from fasb_tl.evaluation.variants import THRESHOLD_MODES
-from fasb_tl.generation_config import HISTORIES, GenerationConfig
+from fasb_tl.generation_config import HISTORIES, METHODS, GenerationConfig
 from fasb_tl.methods import ALL_METHODS
 from fasb_tl.models import DTYPES
 from fasb_tl.probes import BACKENDS
@@ -45,11 +46,16 @@ DATA_DIR_HELP = (
 # an error that names the option and what it expects.
 
 
-def number(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
-    """One finite ``kind`` (int or float) value, at least ``low`` and at most ``high``."""
-    bounds = [f"{sign} {bound:g}" for sign, bound in ((">=", low), ("<=", high)) if bound is not None]
-    if low is not None and high is not None:
-        bounds = [f"in [{low:g}, {high:g}]"]
+def number(
+    kind: type, low: float | None = None, high: float | None = None, *, above: float | None = None
+) -> Callable[[str], float]:
+    """One finite ``kind`` (int or float) value, at least ``low`` (or more than ``above``) and at most
+    ``high``."""
+    bounds = [
+        f"{sign} {bound:g}" for sign, bound in ((">=", low), (">", above), ("<=", high)) if bound is not None
+    ]
+    if high is not None and len(bounds) == 2:
+        bounds = [f"in [{low:g}, {high:g}]" if low is not None else f"in ({above:g}, {high:g}]"]
     expected = " ".join(["an integer" if kind is int else "a finite number", *bounds])
 
     def parse(text: str) -> float:
@@ -57,7 +63,8 @@ def number(kind: type, low: float | None = None, high: float | None = None) -> C
             value = kind(text)
         except ValueError:
             value = math.nan
-        inside = (low is None or value >= low) and (high is None or value <= high)
+        inside = (low is None or value >= low) and (above is None or value > above)
+        inside = inside and (high is None or value <= high)
         if not (math.isfinite(value) and inside):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
@@ -93,16 +100,68 @@ def nonempty(text: str) -> str:
     return text
 
 
+def _check_writable(path: Path, text: str) -> None:
+    """Refuse ``path`` unless its nearest existing folder (itself, or the closest parent) is writable."""
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        problem = "is a file" if not parent.is_dir() else "is not writable"
+        raise argparse.ArgumentTypeError(f"cannot write to {text!r}: {parent} {problem}")
+
+
 def output_folder(text: str) -> str:
     """A folder that exists and is writable, or that can be created in a writable folder."""
     folder = Path(nonempty(text)).expanduser().absolute()
     if folder.exists() and not folder.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a file, expected a folder")
-    parent = next(p for p in (folder, *folder.parents) if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        problem = "is a file" if not parent.is_dir() else "is not writable"
-        raise argparse.ArgumentTypeError(f"cannot write to {text!r}: {parent} {problem}")
+    _check_writable(folder, text)
     return text
+
+
+def output_file(text: str) -> str:
+    """A file path that is not a folder, in a folder that is writable or can be created (whether an existing
+    file may be replaced is the command's ``--overwrite``)."""
+    path = Path(nonempty(text)).expanduser().absolute()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a file")
+    _check_writable(path.parent, text)
+    return text
+
+
+def existing_folder(text: str) -> str:
+    """A folder that exists."""
+    if not Path(nonempty(text)).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"no folder {text!r}")
+    return text
+
+
+def prompts_file(text: str) -> list[str]:
+    """The prompts of a UTF-8 file: one per non-blank line, or, for a ``.jsonl`` file, the ``"prompt"`` string
+    of each JSON object line (so a prompt may hold line breaks)."""
+    path = Path(nonempty(text)).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {err}") from err
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    prompts = (
+        [_jsonl_prompt(line, f"{text}:{n}") for n, line in numbered]
+        if path.suffix == ".jsonl"
+        else [line for _, line in numbered]
+    )
+    if not prompts:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no prompts")
+    return prompts
+
+
+def _jsonl_prompt(line: str, where: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{where} is not valid JSON ({err})") from err
+    prompt = record.get("prompt") if isinstance(record, dict) else None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise argparse.ArgumentTypeError(f'{where}: expected an object with a non-empty "prompt" string')
+    return prompt
 
 
 # The options more than one command takes, each spelled once; their defaults are RunConfig's where it has one.
@@ -226,6 +285,78 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=output_folder, default="runs/demo", help="folder for the demo's files")
 
 
+def add_generate_options(parser: argparse.ArgumentParser) -> None:
+    """``fasb generate``: a saved Steerer, the prompts, the generation settings and where answers go."""
+    parser.add_argument(
+        "prompts",
+        nargs="*",
+        type=nonempty,
+        help="questions (or, with --raw, whole prompts) to answer, before those of --prompts-file",
+    )
+    parser.add_argument(
+        "--steerer",
+        type=existing_folder,
+        required=True,
+        help="Steerer folder (from fasb fit) fitted on --model",
+    )
+    parser.add_argument(
+        "--prompts-file",
+        type=prompts_file,
+        default=None,
+        help="UTF-8 file of prompts: one per non-blank line, or for a .jsonl file one JSON object per line "
+        'with a "prompt" string',
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="feed each prompt as given, not as a question in the TruthfulQA generation prompt (instruction, "
+        "6-shot primer, 'Q: {prompt}'; answers cut at the next 'Q:')",
+    )
+    add_shared(parser, "--model")
+    add_placement_options(parser)
+    parser.add_argument("--method", default=GenerationConfig.method, choices=METHODS, help="steering method")
+    add_shared(parser, "--alpha", "--threshold", "--back-steps", "--max-new-tokens", "--history")
+    parser.add_argument("--sample", action="store_true", help="sample tokens instead of greedy decoding")
+    parser.add_argument(
+        "--temperature",
+        type=number(float, above=0),
+        default=GenerationConfig.temperature,
+        help="sampling temperature (with --sample)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=number(int, 0),
+        default=GenerationConfig.top_k,
+        help="sample among the k most likely tokens, 0 for all (with --sample)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=number(float, 0, 1),
+        default=GenerationConfig.top_p,
+        help="sample from the smallest set of tokens reaching this probability (with --sample)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=number(int, 0, 2**63 - 1),
+        default=GenerationConfig.seed,
+        help="seed of each answer's random stream (with --sample)",
+    )
+    parser.add_argument(
+        "--num-return-sequences",
+        type=number(int, 1),
+        default=GenerationConfig.num_return_sequences,
+        help="answers per prompt (more than 1 needs --sample)",
+    )
+    parser.add_argument("--batch-size", type=number(int, 1), default=8, help="answers decoded together")
+    parser.add_argument(
+        "--out",
+        type=output_file,
+        default=None,
+        help="also write one JSON line per answer, with FASB's trace, to this file (default: print only)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
 def add_eval_options(parser: argparse.ArgumentParser) -> None:
     """``fasb eval`` (and ``fasb sweep``): model, tasks, methods, steering settings, sizes, judges, controls."""
     add_shared(parser, "--model")
@@ -339,6 +470,11 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
 COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
     ("fit", "fit per-head probes and save a Steerer + heatmap", add_fit_options),
     ("demo", "fit, generate and score end to end on the embedded model (offline)", add_demo_options),
+    (
+        "generate",
+        "answer prompts with a saved Steerer, showing what FASB did (trigger, backtrack, P(true) trace)",
+        add_generate_options,
+    ),
     ("eval", "evaluate methods on TruthfulQA and the six MC tasks (resumable)", add_eval_options),
     ("sweep", "evaluate over a grid of alpha, threshold, back_steps and K", add_sweep_options),
     (
