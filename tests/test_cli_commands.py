@@ -1,10 +1,12 @@
 """The ``fasb`` commands as a user meets them: every option's help and default, ``fasb generate`` against the
-library's ``generate``, and the allenai judges placed where the command says."""
+library's ``generate``, ``fasb eval --steerer`` (a supplied Steerer's rows kept apart from fitted ones, and
+refused where it would mix results), and the allenai judges placed where the command says."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,12 +15,14 @@ from test_plan_golden import small_data_dir
 
 import fasb_tl.models
 from fasb_tl.cli import build_parser, main
-from fasb_tl.data import extract_answer, generation_prompt
+from fasb_tl.data import extract_answer, generation_prompt, load_truthfulqa
 from fasb_tl.evaluation.judges import HFJudge
 from fasb_tl.evaluation.results import ResultStore
 from fasb_tl.evaluation.runner import EvalPlan, run_plan
-from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig
+from fasb_tl.evaluation.supplied import SuppliedSteererError, steerer_digest
+from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, fold_splits
 from fasb_tl.generation import GenerationConfig, generate
+from fasb_tl.steering import Steerer
 
 TINY = ["--model", "tiny-random-llama"]
 
@@ -187,10 +191,183 @@ def test_generate_refuses_a_steerer_of_another_model(steerer_dir, tmp_path, caps
     assert not out.exists()
 
 
+# -- fasb eval --steerer -------------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def small_data(tiny_model, data_dir, tmp_path_factory):
     """TruthfulQA questions that fit the tiny model's context, and COPA (as the golden plan reads them)."""
     return small_data_dir(tiny_model, data_dir, tmp_path_factory.mktemp("small") / "data")
+
+
+COPA = [
+    "--task",
+    "copa",
+    "--methods",
+    "none,fasb",
+    "--protocols",
+    "question",
+    "--n-items",
+    "6",
+    "--n-pool",
+    "10",
+]
+
+
+def test_eval_with_a_supplied_steerer_keys_its_rows_apart(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    common = ["eval", *TINY, *COPA, "--alpha", "5", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main([*common, "--k", "4"]) == 0
+    fitted = ResultStore(out).rows
+    (folder,) = (out / "steerers").iterdir()
+    supplied = Steerer.load(folder)
+    capsys.readouterr()
+    # No --k: the default 24 does not fit the tiny model, so passing shows that the Steerer's K is used.
+    assert main([*common, "--steerer", str(folder)]) == 0
+    assert list((out / "steerers").iterdir()) == [folder]  # nothing fitted
+    rows = ResultStore(out).rows
+    added = rows[len(fitted) :]
+    assert len(added) == len(fitted) == 2
+    assert {r["steerer"] for r in added} == {steerer_digest(supplied)} and all(
+        "steerer" not in r for r in fitted
+    )
+    assert not {r["key"] for r in added} & {r["key"] for r in fitted}
+    assert all(r["config"]["k"] == 4 for r in added)
+    by_method = {r["method"]: r for r in fitted}
+    for row in added:  # the same Steerer on the same items: the same results, under another key
+        assert row["per_item"] == by_method[row["method"]]["per_item"]
+    assert f"steerer={steerer_digest(supplied)}" in capsys.readouterr().out  # its own table section
+    assert main([*common, "--steerer", str(folder)]) == 0
+    assert len(ResultStore(out).rows) == len(rows)  # resumed: nothing computed twice
+
+
+def test_eval_with_a_truthfulqa_steerer_runs_only_its_fold(steerer, tmp_path, small_data):
+    # The fixture's tensors, recorded as fitted for fold 1 of the small TruthfulQA's split: rows from fold 0
+    # would evaluate it on questions it was fitted on.
+    records = load_truthfulqa(small_data)
+    split = fold_splits(len(records), TruthfulQAConfig())[1]
+    meta = {
+        "dataset": "truthfulqa",
+        "fold": 1,
+        "split_seed": 42,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+    }
+    folder = relabelled(steerer, **meta).save(tmp_path / "steerer")
+    out = tmp_path / "run"
+    argv = ["eval", *TINY, "--steerer", str(folder), "--methods", "none,fasb", "--protocols", "question"]
+    argv += [
+        "--n-mc",
+        "8",
+        "--n-gen",
+        "8",
+        "--max-new-tokens",
+        "3",
+        "--alpha",
+        "5",
+        "--data-dir",
+        str(small_data),
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = ResultStore(out).rows
+    digest = steerer_digest(steerer)
+    assert sorted((r["task"], r["method"], r["fold"], r["steerer"]) for r in rows) == [
+        ("truthfulqa-gen", "fasb", 1, digest),
+        ("truthfulqa-gen", "none", 1, digest),
+        ("truthfulqa-mc", "fasb/question", 1, digest),
+        ("truthfulqa-mc", "none", 1, digest),
+    ]
+    held_out = {records[i].id for i in split.test}
+    assert all(r["question_ids"] and set(r["question_ids"]) <= held_out for r in rows)
+    assert sorted(p.name for p in (out / "answers").iterdir()) == [
+        f"fasb-fold1-steerer-{digest}.csv",
+        f"none-fold1-steerer-{digest}.csv",
+    ]
+    assert not (out / "steerers").exists()  # nothing fitted
+
+
+def relabelled(steerer: Steerer, **meta) -> Steerer:
+    return replace(steerer, meta=replace(steerer.meta, **meta))
+
+
+def test_eval_refuses_a_steerer_that_would_mix_results_before_the_model_loads(
+    steerer, small_data, tmp_path, no_model, capsys
+):
+    n = len(load_truthfulqa(small_data))
+    split = fold_splits(n, TruthfulQAConfig())[0]
+    tqa = {
+        "dataset": "truthfulqa",
+        "fold": 0,
+        "split_seed": 42,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+    }
+    cases = [
+        (steerer, [], "fitted on 'unknown'"),
+        (
+            relabelled(steerer, **{**tqa, "n_train": len(split.train) - 1}),
+            [],
+            "would not be the plan's test fold",
+        ),
+        (relabelled(steerer, **{**tqa, "split_seed": 7}), [], "(7, "),
+        (relabelled(steerer, **{**tqa, "fold": 2}), [], "folds 0 to 1"),
+        (relabelled(steerer, **tqa), ["--task", "truthfulqa,copa"], "runs only the task it was fitted for"),
+        (relabelled(steerer, dataset="copa"), ["--task", "sst2"], "fitted on 'copa'"),
+    ]
+    for index, (candidate, extra, expected) in enumerate(cases):
+        folder = candidate.save(tmp_path / f"steerer{index}")
+        out = tmp_path / f"out{index}"
+        argv = [
+            "eval",
+            *TINY,
+            *extra,
+            "--steerer",
+            str(folder),
+            "--data-dir",
+            str(small_data),
+            "--out",
+            str(out),
+        ]
+        message = refusal(argv, capsys)
+        assert message.startswith("fasb eval: error: argument --steerer: ") and expected in message, message
+        assert not out.exists()
+    # The split that fits is accepted up to the model (which this test refuses to load).
+    folder = relabelled(steerer, **tqa).save(tmp_path / "fits")
+    with pytest.raises(ModelLoaded):
+        main(
+            [
+                "eval",
+                *TINY,
+                "--steerer",
+                str(folder),
+                "--data-dir",
+                str(small_data),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+    argv = ["sweep", *TINY, "--steerer", str(folder), "--grid-k", "2,4", "--out", str(tmp_path / "sweep")]
+    assert "argument --grid-k" in refusal(argv, capsys)
+
+
+def test_eval_refuses_a_steerer_of_another_model_before_any_row(steerer, tmp_path, data_dir, capsys):
+    folder = relabelled(steerer, dataset="copa").save(tmp_path / "steerer")
+    out = tmp_path / "out"
+    argv = ["eval", "--model", "tiny-random-gpt2", *COPA, "--steerer", str(folder), "--out", str(out)]
+    message = refusal([*argv, "--data-dir", str(data_dir)], capsys)
+    assert message.startswith("fasb eval: error: argument --steerer: ") and "tiny-random-llama" in message
+    assert not (out / "results.jsonl").exists()
+
+
+def test_run_plan_refuses_a_supplied_steerer_whose_k_the_config_does_not_record(
+    tiny_model, steerer, tmp_path, data_dir
+):
+    copa = relabelled(steerer, dataset="copa")
+    plan = EvalPlan(tasks=["copa"], methods=["fasb"], protocols=["question"])
+    with pytest.raises(SuppliedSteererError, match="K=4"):
+        run_plan(tiny_model, plan, tmp_path, data_dir=str(data_dir), steerer=copa, progress=False)
+    assert plan.with_steerer(copa).multichoice.k == 4
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 # -- the judges' device and dtype ----------------------------------------------------------------------------

@@ -374,6 +374,14 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
         help=f"a comma list of {', '.join(ALL_METHODS)}",
     )
     parser.add_argument(
+        "--steerer",
+        type=existing_folder,
+        default=None,
+        help="evaluate this Steerer folder instead of fitting one: a TruthfulQA Steerer of one fold of the "
+        "plan's split (only that fold's test questions are run) or one fitted on the --task's pool; its K "
+        "and direction replace --k, and every row carries its content hash (default: fit one per fold or task)",
+    )
+    parser.add_argument(
         "--caa-layer", type=number(int, 0), default=None, help="CAA residual layer (default: the middle)"
     )
     parser.add_argument("--caa-multiplier", type=number(float, 0), default=1.0, help="CAA vector multiplier")
