@@ -38,7 +38,7 @@ LAYERS: list[set[str]] = [
     {"evaluation"},
     {"run_config", "report_figures"},
     {"bench", "demo"},
-    {"cli_args"},
+    {"cli_args", "cli_generate"},
     {"cli"},
 ]
 # (importer, imported) pairs of one layer that are allowed; none are.

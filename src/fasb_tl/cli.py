@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from fasb_tl.cli_args import GRID_SETTINGS, command_parser
+from fasb_tl.cli_generate import cmd_generate
 
 
 def _load(args: argparse.Namespace, shard=None):
@@ -177,13 +178,46 @@ def _print_tables(out: Path) -> None:
     print(f"Rows: {out / 'results.jsonl'} (also results.csv)")
 
 
-def _check_fits(args: argparse.Namespace, model, plans: list) -> None:
-    """Stop before any row when a setting does not fit the loaded model (K heads, the CAA layer)."""
+def _supplied(args: argparse.Namespace, plan):
+    """The plan and the ``--steerer`` Steerer (None without it), with the Steerer's K and direction in the
+    plan; a Steerer that is unreadable or that the plan cannot evaluate honestly stops here, before the model
+    loads (:mod:`fasb_tl.evaluation.supplied`)."""
+    from fasb_tl.evaluation.supplied import SuppliedSteererError
+    from fasb_tl.steering import Steerer
+
+    if args.steerer is None:
+        return plan, None
+    if getattr(args, "grid_k", None):
+        raise SystemExit(
+            f"fasb {args.command}: error: argument --grid-k: a Steerer given by --steerer has one K"
+        )
+    try:
+        steerer = Steerer.load(Path(args.steerer).expanduser())
+        plan = plan.with_steerer(steerer)  # a Steerer's direction that no config takes fails here
+    except ValueError as err:
+        raise SystemExit(f"fasb {args.command}: error: argument --steerer: {err}") from err
+    try:
+        plan.check_steerer(steerer, args.data_dir)
+    except SuppliedSteererError as err:
+        raise SystemExit(f"fasb {args.command}: error: argument --steerer: {err}") from err
+    return plan, steerer
+
+
+def _check_fits(args: argparse.Namespace, model, plans: list, steerer=None) -> None:
+    """Stop before any row when a setting does not fit the loaded model (K heads, the CAA layer), or when the
+    supplied Steerer was fitted on another model (shape, name or weights fingerprint)."""
+    from fasb_tl.steering import ModelMismatchError
+
     flags = {"k": "--grid-k" if getattr(args, "grid_k", None) else "--k", "caa_layer": "--caa-layer"}
     problems = {name: problem for plan in plans for name, problem in plan.model_problems(model).items()}
-    if problems:
-        found = "; ".join(f"argument {flags[name]}: {problem}" for name, problem in problems.items())
-        raise SystemExit(f"fasb {args.command}: error: {found}")
+    found = [f"argument {flags[name]}: {problem}" for name, problem in problems.items()]
+    if steerer is not None:
+        try:
+            steerer.check_model(model)
+        except ModelMismatchError as err:
+            found.append(f"argument --steerer: {err}")
+    if found:
+        raise SystemExit(f"fasb {args.command}: error: {'; '.join(found)}")
 
 
 def _holding(out: str, shard):
@@ -194,17 +228,29 @@ def _holding(out: str, shard):
     return open_result_folder(Path(out), shard)
 
 
+def _run_options(args: argparse.Namespace, shard, steerer) -> dict:
+    """What ``run_plan`` takes from the options besides the plan: the data, the ranks, the supplied Steerer,
+    and the judges' placement (the command's --device, else the model's, in its --dtype)."""
+    return {
+        "data_dir": args.data_dir,
+        "shard": shard,
+        "steerer": steerer,
+        "judge_device": args.device,
+        "judge_dtype": args.dtype,
+    }
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate methods on tasks into a resumable result folder (data-parallel under torchrun)."""
     from fasb_tl.distributed import init_from_env
     from fasb_tl.evaluation.runner import run_plan
 
-    plan = _plan(args)
+    plan, steerer = _supplied(args, _plan(args))
     shard = init_from_env()
     with _holding(args.out, shard):
         model = _load(args, shard)
-        _check_fits(args, model, [plan])
-        run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
+        _check_fits(args, model, [plan], steerer)
+        run_plan(model, plan, args.out, **_run_options(args, shard, steerer))
     if shard.is_main:
         _print_tables(Path(args.out))
     return 0
@@ -216,18 +262,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fasb_tl.evaluation.runner import run_plan, sweep_plans
 
     grid = {name: getattr(args, f"grid_{name}") for name in GRID_SETTINGS if getattr(args, f"grid_{name}")}
+    plan, steerer = _supplied(args, _plan(args))
     try:  # every grid point is checked here, before the first one runs
-        plans = sweep_plans(_plan(args), grid)
+        plans = sweep_plans(plan, grid)
     except ValueError as err:
         raise SystemExit(f"fasb sweep: error: {err}") from err
     shard = init_from_env()
     with _holding(args.out, shard):
         model = _load(args, shard)
-        _check_fits(args, model, plans)
+        _check_fits(args, model, plans, steerer)
         for index, plan in enumerate(plans, start=1):
             if shard.is_main:
                 print(f"sweep point {index}/{len(plans)}")
-            run_plan(model, plan, args.out, data_dir=args.data_dir, shard=shard)
+            run_plan(model, plan, args.out, **_run_options(args, shard, steerer))
     if shard.is_main:
         print(
             f"Rows: {Path(args.out) / 'results.jsonl'} (one per task, method and grid point; config in every row)"
@@ -247,7 +294,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fasb`` argument parser (options in :mod:`fasb_tl.cli_args`), each command with its handler."""
     return command_parser(
-        {"fit": cmd_fit, "demo": cmd_demo, "eval": cmd_eval, "sweep": cmd_sweep, "bench": cmd_bench}
+        {
+            "fit": cmd_fit,
+            "demo": cmd_demo,
+            "generate": cmd_generate,
+            "eval": cmd_eval,
+            "sweep": cmd_sweep,
+            "bench": cmd_bench,
+        }
     )
 
 

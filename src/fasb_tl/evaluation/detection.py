@@ -17,7 +17,7 @@ def run_detection(folds: TruthfulQAFolds) -> None:
     """Per fold, accuracy and AUROC on every test-fold answer (``Q: {q} A: {a}``, the probes' own format) of
     (a) the mean P(true) of the fold's top-K head probes and (b) a bag-of-words model trained on the same
     train + val questions. Rows ``probes`` and ``text_only``."""
-    for fold in range(len(folds.splits)):
+    for fold in folds.test_folds:
         specs = [RowSpec(folds.identity("truthfulqa-detect", name, fold)) for name in DETECTORS]
         run_rows(folds.ctx, specs, lambda todo, folder, fold=fold: _detect(folds, fold))
 

@@ -24,6 +24,7 @@ from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice
 from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.multichoice_data import ChoiceRecord, load_task, sample
 from fasb_tl.evaluation.rows import RowSpec, row_identity
+from fasb_tl.evaluation.supplied import check_fitted_for, steerer_digest
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.fitting import random_heads
 from fasb_tl.scoring import ChoiceScores
@@ -70,15 +71,24 @@ def run_multichoice(
     methods: Sequence[str] = MC_TASK_METHODS,
     protocols: Sequence[str] = ("paper", "question"),
     variants: Sequence[Variant] = (PLAIN,),
+    steerer: Steerer | None = None,
 ) -> None:
     """Accuracy rows of each method (and control variant) on the task's evaluation sample (``caa``: the CAA
     baseline); finished rows are skipped. The calibrated-threshold variant is TruthfulQA-only (these tasks
-    have no generation format to calibrate in) and is ignored here."""
+    have no generation format to calibrate in) and is ignored here. A supplied ``steerer``, fitted on this
+    task's pool, replaces the fitted one, and its digest names every row
+    (:mod:`fasb_tl.evaluation.supplied`)."""
     caa = caa or CAAConfig()
     artifacts = ArtifactCache(ctx)
+    supplied: dict[str, str] = {}
+    if steerer is not None:
+        check_fitted_for(steerer, task, config)
+        supplied = {"steerer": steerer_digest(steerer)}
 
     def identity(method: str, variant: Variant) -> dict:
-        return row_identity(ctx.model, task=task, method=method, config=config, caa=caa, variant=variant)
+        return row_identity(
+            ctx.model, task=task, method=method, config=config, caa=caa, variant=variant, **supplied
+        )
 
     @cache
     def pool_bank() -> tuple[ProbeBank, torch.Tensor]:
@@ -122,16 +132,16 @@ def run_multichoice(
     )
     own, by_seed = split_head_controls(steered)
     groups = [
-        (own, lambda: artifacts.steerer(steerer_name(), fit)),
+        (own, lambda: steerer if steerer is not None else artifacts.steerer(steerer_name(), fit)),
         *[(specs, lambda seed=seed: random_heads_steerer(seed)) for seed, specs in by_seed.items()],
         (caa_rows, lambda: artifacts.caa(task, fit_caa_vector)),
     ]
-    for specs, steerer in groups:
+    for specs, intervention in groups:
         run_choice_rows(
             ctx,
             specs,
             questions=lambda: _accuracy_questions(ctx, task, config),
-            steerer=steerer,
+            steerer=intervention,
             batch_size=config.batch_size,
         )
 

@@ -31,6 +31,7 @@ CSV_FILE = "results.csv"
 # ``row_key`` over those of them it carries, so the key of every stored row can be checked against its fields.
 IDENTITY_FIELDS = ("task", "model", "method", "fold", "config", "caa")
 IDENTITY_FIELDS += ("control", "control_seed", "threshold_mode")  # what Variant.identity adds
+IDENTITY_FIELDS += ("steerer",)  # the digest of a supplied Steerer (evaluation.supplied)
 
 
 class ResultFileError(ValueError):

@@ -34,9 +34,10 @@ def row_identity(
     variant: Variant = PLAIN,
     **fields: Any,
 ) -> dict:
-    """The fields that name a row (its key is their hash): task, model, method, ``fields`` (the fold), the
-    variant's fields, the full task config, and the CAA config for CAA rows. Plain rows carry no variant
-    fields and other methods no CAA config, so adding either kind of row leaves every other key unchanged.
+    """The fields that name a row (its key is their hash): task, model, method, ``fields`` (the fold; a supplied
+    Steerer's digest as ``steerer``), the variant's fields, the full task config, and the CAA config for CAA
+    rows. Plain rows carry no variant fields, rows of fitted Steerers no ``steerer`` and other methods no CAA
+    config, so adding any of those kinds of row leaves every other key unchanged.
     Only :data:`~fasb_tl.evaluation.results.IDENTITY_FIELDS` may name a row, so a stored key can be checked."""
     identity = {"task": task, "model": model_name(model), "method": method, **fields, **variant.identity()}
     unknown = sorted(set(identity) - set(IDENTITY_FIELDS))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,18 +13,27 @@ from fasb_tl.data import load_truthfulqa
 from fasb_tl.distributed import Shard, current_shard
 from fasb_tl.evaluation.context import EvalContext
 from fasb_tl.evaluation.detection import run_detection
-from fasb_tl.evaluation.judges import DEFAULT_JUDGES, JUDGE_NAMES, make_judges
+from fasb_tl.evaluation.judges import DEFAULT_JUDGES, JUDGE_NAMES, Judge, make_judges
 from fasb_tl.evaluation.multichoice import MultiChoiceConfig, run_multichoice
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
 from fasb_tl.evaluation.sharding import open_result_folder
-from fasb_tl.evaluation.truthfulqa import TruthfulQAConfig, TruthfulQAFolds, run_mc
+from fasb_tl.evaluation.supplied import SuppliedSteererError, check_fitted_for, settings_for
+from fasb_tl.evaluation.truthfulqa import (
+    TruthfulQAConfig,
+    TruthfulQAFolds,
+    fold_splits,
+    run_mc,
+    supplied_fold,
+)
 from fasb_tl.evaluation.truthfulqa_generation import run_generation
 from fasb_tl.evaluation.variants import Variant, plan_variants
 from fasb_tl.methods import ALL_METHODS, check_methods
-from fasb_tl.models import model_name
+from fasb_tl.models import model_name, resolve_dtype
 from fasb_tl.scoring import PROTOCOL_METHODS, PROTOCOLS
+from fasb_tl.steering import Steerer
 
 if TYPE_CHECKING:
+    import torch
     from transformer_lens.model_bridge import TransformerBridge
 
 ALL_TASKS = ("truthfulqa", *TASKS)
@@ -87,6 +96,31 @@ class EvalPlan:
         """The plain methods plus the requested controls and threshold modes."""
         return plan_variants(self.controls, self.n_random, self.thresholds)
 
+    def with_steerer(self, steerer: Steerer) -> EvalPlan:
+        """This plan with the K and direction of a supplied ``steerer`` in both task configs."""
+        return replace(
+            self,
+            truthfulqa=settings_for(self.truthfulqa, steerer),
+            multichoice=settings_for(self.multichoice, steerer),
+        )
+
+    def check_steerer(self, steerer: Steerer, data_dir: str | None = None) -> None:
+        """Raise :class:`~fasb_tl.evaluation.supplied.SuppliedSteererError` unless ``steerer`` can be evaluated
+        by this plan without mixing results: one task, the one it was fitted for (for TruthfulQA, with this
+        plan's split), with its K and direction (see :mod:`fasb_tl.evaluation.supplied`)."""
+        if len(self.tasks) != 1:
+            raise SuppliedSteererError(
+                f"a supplied Steerer runs only the task it was fitted for ({steerer.meta.dataset!r}), got tasks "
+                f"{list(self.tasks)}"
+            )
+        (task,) = self.tasks
+        if task == "truthfulqa":
+            supplied_fold(
+                steerer, self.truthfulqa, fold_splits(len(load_truthfulqa(data_dir)), self.truthfulqa)
+            )
+        else:
+            check_fitted_for(steerer, task, self.multichoice)
+
 
 def run_plan(
     model: TransformerBridge,
@@ -97,27 +131,50 @@ def run_plan(
     progress: bool = True,
     shard: Shard | None = None,
     steerer_dir: str | Path | None = None,
+    steerer: Steerer | None = None,
+    judge_device: str | None = None,
+    judge_dtype: torch.dtype | str | None = None,
 ) -> None:
     """Run every task of ``plan`` into ``out``; rows already there are skipped (resume). With a distributed
     ``shard`` (default: the initialised process group, if any) the ranks split the work and rank 0 writes.
     Fitted Steerers are kept in ``steerer_dir`` (default ``out/steerers``), so result folders can share them.
+    A supplied ``steerer`` is evaluated instead of fitted ones, under :meth:`EvalPlan.check_steerer` (use
+    :meth:`EvalPlan.with_steerer` for its K and direction) and on ``model`` only. The allenai judges load on
+    ``judge_device`` in ``judge_dtype`` (default: where the model's first parameter is, in its dtype).
     The run holds ``out`` throughout (:func:`~fasb_tl.evaluation.sharding.open_result_folder`): a second run
     into the same folder is refused before any work, so two runs never overwrite each other's rows."""
     shard = shard or current_shard()
     with open_result_folder(Path(out), shard):
+        if steerer is not None:
+            plan.check_steerer(steerer, data_dir)
+            steerer.check_model(model)
         problems = plan.model_problems(model)
         if problems:
             raise ValueError("; ".join(f"{name}: {problem}" for name, problem in problems.items()))
+        first = next(model.parameters())
+        placement = {
+            "device": judge_device or str(first.device),
+            "dtype": resolve_dtype(judge_dtype) if judge_dtype is not None else first.dtype,
+        }
         _run_tasks(
             EvalContext.create(
                 model, out, shard=shard, progress=progress, steerer_dir=steerer_dir, data_dir=data_dir
             ),
             plan,
             data_dir,
+            steerer=steerer,
+            judges=lambda: make_judges(plan.judges, **placement),
         )
 
 
-def _run_tasks(ctx: EvalContext, plan: EvalPlan, data_dir: str | None) -> None:
+def _run_tasks(
+    ctx: EvalContext,
+    plan: EvalPlan,
+    data_dir: str | None,
+    *,
+    steerer: Steerer | None,
+    judges: Callable[[], list[Judge]],
+) -> None:
     """Each task of ``plan`` into ``ctx``'s folder; TruthfulQA's detection, then MC, then generation."""
     for task in plan.tasks:
         # The ranks start each task together, after rank 0 has written the previous task's rows.
@@ -131,16 +188,17 @@ def _run_tasks(ctx: EvalContext, plan: EvalPlan, data_dir: str | None) -> None:
                 methods=plan.methods,
                 protocols=plan.protocols,
                 variants=plan.variants,
+                steerer=steerer,
             )
             continue
-        folds = TruthfulQAFolds(ctx, records=load_truthfulqa(data_dir), config=plan.truthfulqa, caa=plan.caa)
-        judges = make_judges(plan.judges)
+        records = load_truthfulqa(data_dir)
+        folds = TruthfulQAFolds(ctx, records=records, config=plan.truthfulqa, caa=plan.caa, steerer=steerer)
         if plan.detection:
             run_detection(folds)
         if plan.mc:
             run_mc(folds, methods=plan.methods, protocols=plan.protocols, variants=plan.variants)
         if plan.generation:
-            run_generation(folds, judges=judges, methods=plan.methods, variants=plan.variants)
+            run_generation(folds, judges=judges(), methods=plan.methods, variants=plan.variants)
 
 
 def sweep_plans(plan: EvalPlan, grid: dict[str, Sequence[float]]) -> list[EvalPlan]:

@@ -1,7 +1,8 @@
 """Fold-averaged result tables in the paper's layout, as DataFrames and Markdown.
 
-Rows run with another model or config (or CAA config) are never averaged together: each table is built per
-:func:`config_sections` and, when there are several, its row labels say what differs (``fasb [alpha=5.0]``).
+Rows run with another model, config (or CAA config) or supplied Steerer are never averaged together: each
+table is built per :func:`config_sections` and, when there are several, its row labels say what differs
+(``fasb [alpha=5.0]``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ TRUTHFULQA_TASKS = ("truthfulqa-mc", "truthfulqa-gen")
 
 
 def _settings(row: dict, caa: bool = True) -> dict:
-    """What a row was run with: the model, its config's fields and (``caa``) its CAA config as ``caa.{name}``."""
-    found = {"model": row.get("model"), **row.get("config", {})}
+    """What a row was run with: the model, a supplied Steerer's digest, its config's fields and (``caa``) its
+    CAA config as ``caa.{name}``."""
+    supplied = {"steerer": row["steerer"]} if "steerer" in row else {}
+    found = {"model": row.get("model"), **supplied, **row.get("config", {})}
     return found | ({f"caa.{name}": value for name, value in row.get("caa", {}).items()} if caa else {})
 
 

@@ -26,6 +26,7 @@ from fasb_tl.calibration import ThresholdCalibration, calibrate_threshold, gener
 from fasb_tl.data import (
     ProbeBank,
     QARecord,
+    Split,
     generation_prefix,
     generation_prompt,
     probe_bank,
@@ -36,6 +37,7 @@ from fasb_tl.evaluation.artifacts import ArtifactCache, fit_on_bank
 from fasb_tl.evaluation.choices import ChoiceQuestions, choice_specs, run_choice_rows, split_head_controls
 from fasb_tl.evaluation.context import EvalContext, SteeringSettings
 from fasb_tl.evaluation.rows import RowSpec, row_identity
+from fasb_tl.evaluation.supplied import SuppliedSteererError, check_fitted_for, steerer_digest
 from fasb_tl.evaluation.variants import PLAIN, Variant
 from fasb_tl.fitting import control_steerer, random_heads
 from fasb_tl.generation_config import HISTORIES
@@ -92,6 +94,33 @@ def mc_metrics(
     }
 
 
+def fold_splits(n_questions: int, config: TruthfulQAConfig) -> list[Split]:
+    """The protocol's question folds (in ``mc_task.json`` order, unshuffled)."""
+    return question_splits(n_questions, config.n_folds, config.val_fraction, config.seed)
+
+
+def supplied_fold(steerer: Steerer, config: TruthfulQAConfig, splits: list[Split]) -> int:
+    """The fold a supplied TruthfulQA Steerer was fitted for, once its metadata shows it was fitted with
+    ``splits``: its fold, its split seed (``config.seed``) and its train / validation sizes; the metadata holds
+    no digest of the questions, so another TruthfulQA file of the same length is not told apart."""
+    check_fitted_for(steerer, "truthfulqa", config)
+    meta = steerer.meta
+    if meta.fold is None or not 0 <= meta.fold < len(splits):
+        raise SuppliedSteererError(
+            f"the Steerer records fold {meta.fold}; the plan has folds 0 to {len(splits) - 1}"
+        )
+    split = splits[meta.fold]
+    fitted = (meta.split_seed, meta.n_train, meta.n_val)
+    planned = (config.seed, len(split.train), len(split.val))
+    if fitted != planned:
+        raise SuppliedSteererError(
+            f"the Steerer was fitted with (split seed, train questions, validation questions) = {fitted}, but "
+            f"fold {meta.fold} of the plan's split ({config.n_folds} folds, val fraction {config.val_fraction}) "
+            f"is {planned}: its held-out questions would not be the plan's test fold"
+        )
+    return meta.fold
+
+
 def reference_answers(record: QARecord) -> tuple[list[str], list[str], int]:
     """The CSV's true answers (best answer included), false answers, and the best answer's index."""
     true = list(record.extra["correct_answers"])
@@ -115,7 +144,10 @@ def tuning_prompts(records: list[QARecord], seed: int) -> list[str]:
 
 
 class TruthfulQAFolds:
-    """The folds of one TruthfulQA run and each fold's Steerer, calibration and CAA vector, made once."""
+    """The folds of one TruthfulQA run and each fold's Steerer, calibration and CAA vector, made once.
+
+    With a supplied ``steerer`` (:mod:`fasb_tl.evaluation.supplied`) only the fold it was fitted for is
+    evaluated (:attr:`test_folds`), with that Steerer, and every row and file names it by its digest."""
 
     def __init__(
         self,
@@ -124,12 +156,19 @@ class TruthfulQAFolds:
         records: list[QARecord],
         config: TruthfulQAConfig,
         caa: CAAConfig | None = None,
+        steerer: Steerer | None = None,
     ):
         self.ctx = ctx
         self.records = records
         self.config = config
         self.caa = caa or CAAConfig()
-        self.splits = question_splits(len(records), config.n_folds, config.val_fraction, config.seed)
+        self.splits = fold_splits(len(records), config)
+        self.supplied = steerer
+        self.test_folds = list(range(len(self.splits)))
+        self.supplied_fields: dict[str, str] = {}
+        if steerer is not None:
+            self.test_folds = [supplied_fold(steerer, config, self.splits)]
+            self.supplied_fields = {"steerer": steerer_digest(steerer)}
         self.artifacts = ArtifactCache(ctx)
         self._tuning: torch.Tensor | None = None
         self._prefix: PrefixCache | None = None
@@ -145,18 +184,31 @@ class TruthfulQAFolds:
             caa=self.caa,
             variant=variant,
             fold=fold,
+            **self.supplied_fields,
         )
+
+    @property
+    def file_suffix(self) -> str:
+        """What the names of a supplied Steerer's files add (``-steerer-{digest}``; nothing for fitted ones)."""
+        return "".join(f"-{name}-{value}" for name, value in self.supplied_fields.items())
 
     def _steerer_name(self, fold: int) -> str:
         if fold not in self._names:
             cfg, bank, is_val = self.config, *self._train_val_bank(fold)
-            label = f"fold{fold}-{cfg.direction}-k{cfg.k}"
+            label = f"fold{fold}-{cfg.direction}-k{cfg.k}{self.file_suffix}"
             data = (bank.prompts, bank.labels, is_val, self._tuning_prompts)
             self._names[fold] = self.artifacts.name(label, cfg, *data)
         return self._names[fold]
 
     def steerer(self, fold: int) -> Steerer:
-        """The fold's Steerer (``steerers/fold{i}-{direction}-k{k}-{hash}``, see :meth:`ArtifactCache.name`)."""
+        """The fold's Steerer (``steerers/fold{i}-{direction}-k{k}-{hash}``, see :meth:`ArtifactCache.name`), or
+        the supplied one for its own fold."""
+        if self.supplied is not None:
+            if fold not in self.test_folds:
+                raise SuppliedSteererError(
+                    f"the supplied Steerer is for fold {self.test_folds[0]}, not {fold}"
+                )
+            return self.supplied
         return self.artifacts.steerer(self._steerer_name(fold), lambda: self._fit(fold))
 
     def steering_for(self, fold: int, variant: Variant) -> Steerer:
@@ -272,7 +324,7 @@ def run_mc(
 ) -> None:
     """MC1/MC2/MC3 rows (task ``truthfulqa-mc``) of each method (and protocol) and variant on each test fold;
     ``caa`` is the CAA baseline. All variants of a fold share one unsteered pass."""
-    for fold in range(len(folds.splits)):
+    for fold in folds.test_folds:
 
         def identity(method: str, variant: Variant, fold: int = fold) -> dict:
             return folds.identity("truthfulqa-mc", method, fold, variant)

@@ -1,5 +1,6 @@
 """TruthfulQA generation rows (task ``truthfulqa-gen``): greedy answers of each method and variant on each test
-fold, judged by every judge, and saved as CSV (``answers/{method}{variant suffix}-fold{i}.csv``)."""
+fold, judged by every judge, and saved as CSV (``answers/{method}{variant suffix}-fold{i}.csv``, with
+``-steerer-{digest}`` before ``.csv`` for a supplied Steerer)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def run_generation(
     variants: Sequence[Variant] = (PLAIN,),
 ) -> None:
     """One row per fold, variant and method that has the variant (``caa``: the CAA baseline)."""
-    for fold in range(len(folds.splits)):
+    for fold in folds.test_folds:
         questions = folds.questions(fold, folds.config.n_generation, salt=2)
         if not questions:
             continue
@@ -116,4 +117,5 @@ class _Answering:
                 [record.id, record.question, answer, result.triggered, result.trigger_step, result.n_removed]
                 + [judged[name][i] for name in judged]
             )
-        atomic_write_text(self.folds.ctx.out / "answers" / f"{tag}-fold{self.fold}.csv", buffer.getvalue())
+        name = f"{tag}-fold{self.fold}{self.folds.file_suffix}.csv"
+        atomic_write_text(self.folds.ctx.out / "answers" / name, buffer.getvalue())
