@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -430,3 +431,39 @@ def test_run_plan_puts_the_judges_where_the_model_is_by_default(small_data, tmp_
     )
     run_plan(model, plan, tmp_path, data_dir=str(small_data), progress=False)
     assert judged_on and set(judged_on) == {("allenai-truth", "cpu", torch.bfloat16)}
+
+
+def test_plot_draws_a_result_folders_figures_where_asked(tmp_path, capsys):
+    committed = Path(__file__).resolve().parents[1] / "results" / "reduced" / "smollm2-135m-instruct"
+    before = sorted(p.name for p in committed.iterdir())
+    assert main(["plot", str(committed), "--out", str(tmp_path / "figures")]) == 0
+    written = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert "truthfulqa_mc2.png" in written and any(name.startswith("heads_") for name in written)
+    assert f"truthfulqa_mc2: {tmp_path / 'figures' / 'truthfulqa_mc2.png'}" in capsys.readouterr().out
+    assert sorted(p.name for p in committed.iterdir()) == before
+
+
+def test_plot_refuses_a_folder_that_holds_no_results(tmp_path, capsys):
+    message = refusal(["plot", str(tmp_path)], capsys)
+    assert "fasb plot: error:" in message and str(tmp_path) in message and "results.jsonl" in message
+
+
+def test_the_controls_and_tie_rule_options_reach_the_plan():
+    from fasb_tl.cli import _plan
+
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "--controls",
+            "random_heads,reversed",
+            "--n-random",
+            "2",
+            "--tie-break",
+            "lowest",
+            "--task",
+            "copa",
+        ]
+    )
+    plan = _plan(args)
+    assert plan.multichoice.tie_break == "lowest" and plan.truthfulqa.tie_break == "lowest"
+    assert [v.suffix() for v in plan.variants][1:] == ["~random_heads0", "~random_heads1", "~reversed"]

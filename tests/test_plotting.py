@@ -40,9 +40,10 @@ def test_layer_accuracy_lines_are_max_and_mean():
     assert mean.get_ydata().tolist() == pytest.approx([0.6, 0.6])
 
 
-def test_top_head_set_breaks_ties_to_the_lower_index():
+def test_top_head_set_breaks_ties_as_fitting_does():
     accuracy = torch.tensor([[0.8, 0.6], [0.8, 0.9]])
-    assert top_head_set(accuracy, 2) == {(1, 1), (0, 0)}
+    assert top_head_set(accuracy, 2, tie_break="lowest") == {(1, 1), (0, 0)}
+    assert top_head_set(accuracy, 2) == {(1, 1), (1, 0)}
 
 
 def test_backend_agreement_title_reports_mean_diff_and_overlap():

@@ -30,7 +30,7 @@ def _load(args: argparse.Namespace, shard=None):
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a Steerer and write it with its head-accuracy heatmap."""
-    from fasb_tl.data import dataset_splits, load_dataset
+    from fasb_tl.data import dataset_splits, load_dataset, probe_bank
     from fasb_tl.fitting import fit_steerer
     from fasb_tl.plotting import plot_head_accuracy, save_figure
     from fasb_tl.steering import check_save_target
@@ -58,10 +58,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             fold=args.fold,
             probe_format=args.probe_format,
+            tie_break=args.tie_break,
             batch_size=args.batch_size,
         )
     steerer.save(out, overwrite=args.overwrite)
-    figure = plot_head_accuracy(steerer.val_accuracy, steerer.heads, title=f"{args.model} on {args.dataset}")
+    val_share_true = float(probe_bank([records[i] for i in splits[args.fold].val]).labels.float().mean())
+    figure = plot_head_accuracy(
+        steerer.val_accuracy,
+        steerer.heads,
+        majority=max(val_share_true, 1 - val_share_true),
+        model=args.model,
+        dataset=args.dataset,
+    )
     heatmap = save_figure(figure, out / "head_accuracy.png")
     if args.calibrate:
         _calibrate(args, model, steerer, [records[i] for i in splits[args.fold].val], out)
@@ -128,7 +136,13 @@ def _plan(args: argparse.Namespace):
     from fasb_tl.evaluation.runner import ALL_TASKS
 
     tasks = list(ALL_TASKS) if _split(args.task) == ["all"] else _split(args.task)
-    steering = {"k": args.k, "alpha": args.alpha, "threshold": args.threshold, "back_steps": args.back_steps}
+    steering = {
+        "k": args.k,
+        "alpha": args.alpha,
+        "threshold": args.threshold,
+        "back_steps": args.back_steps,
+        "tie_break": args.tie_break,
+    }
     try:
         return _eval_plan(args, tasks, steering)
     except ValueError as err:  # the options' own checks leave little to find here
@@ -282,6 +296,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw a result folder's figures."""
+    from fasb_tl.report_figures import ResultFolderError, plot_result_folder
+
+    try:
+        written = plot_result_folder(Path(args.folder), None if args.out is None else Path(args.out))
+    except ResultFolderError as err:
+        raise SystemExit(f"fasb plot: error: {err}") from err
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure decoding, monitoring, backtracking, probe fitting and extraction side by side."""
     from fasb_tl.bench import BenchConfig, run_bench
@@ -297,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         {
             "fit": cmd_fit,
             "demo": cmd_demo,
+            "plot": cmd_plot,
             "generate": cmd_generate,
             "eval": cmd_eval,
             "sweep": cmd_sweep,

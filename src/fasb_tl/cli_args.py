@@ -14,14 +14,14 @@ from pathlib import Path
 
 from fasb_tl.data import DATASETS
 from fasb_tl.data.prompts import PROBE_FORMATS
-from fasb_tl.directions import CONTROL_KINDS, DIRECTION_KINDS
+from fasb_tl.directions import DIRECTION_KINDS
 from fasb_tl.evaluation.judges import JUDGE_NAMES
 from fasb_tl.evaluation.multichoice_data import ALTERNATIVE_TASKS, TASKS
-from fasb_tl.evaluation.variants import THRESHOLD_MODES
+from fasb_tl.evaluation.variants import ALL_CONTROLS, THRESHOLD_MODES
 from fasb_tl.generation_config import HISTORIES, METHODS, GenerationConfig
 from fasb_tl.methods import ALL_METHODS
 from fasb_tl.models import DTYPES
-from fasb_tl.probes import BACKENDS
+from fasb_tl.probes import BACKENDS, TIE_BREAKS
 from fasb_tl.run_config import RunConfig
 from fasb_tl.scoring import PROTOCOLS
 
@@ -192,6 +192,12 @@ SHARED_OPTIONS: dict[str, dict] = {
         "default": RunConfig.back_steps,
         "help": "answer tokens a trigger removes before steered regeneration",
     },
+    "--tie-break": {
+        "default": "released",
+        "choices": TIE_BREAKS,
+        "help": "top-K ties: released (the released code's np.argsort(acc)[::-1][:K]) or lowest (lower layer, "
+        "then head)",
+    },
     "--max-new-tokens": {
         "type": number(int, 1),
         "default": RunConfig.max_new_tokens,
@@ -255,6 +261,7 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         "--direction", default="mass_mean", choices=DIRECTION_KINDS, help="how each head's direction is made"
     )
     parser.add_argument("--backend", default="torch", choices=BACKENDS, help="logistic-regression solver")
+    add_shared(parser, "--tie-break")
     parser.add_argument(
         "--batch-size", type=number(int, 1), default=16, help="prompts per extraction forward"
     )
@@ -357,6 +364,14 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
+def add_plot_options(parser: argparse.ArgumentParser) -> None:
+    """``fasb plot``: a result folder and where its figures go."""
+    parser.add_argument("folder", type=existing_folder, help="result folder written by fasb eval or sweep")
+    parser.add_argument(
+        "--out", type=output_folder, default=None, help="folder for the PNG files (default: FOLDER/figures)"
+    )
+
+
 def add_eval_options(parser: argparse.ArgumentParser) -> None:
     """``fasb eval`` (and ``fasb sweep``): model, tasks, methods, steering settings, sizes, judges, controls."""
     add_shared(parser, "--model")
@@ -420,13 +435,13 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mc", action="store_true", help="skip TruthfulQA multiple choice")
     parser.add_argument(
         "--controls",
-        type=names(CONTROL_KINDS, empty=True),
+        type=names(ALL_CONTROLS, empty=True),
         default="",
-        help="comma-separated direction controls run beside every steering method: reversed, random",
+        help="comma-separated controls run beside every steering method: reversed, random (directions), "
+        "random_heads (K random heads instead of the top-K, the released code's --use_random_dir)",
     )
-    parser.add_argument(
-        "--n-random", type=number(int, 1), default=3, help="seeds of the random-direction control"
-    )
+    parser.add_argument("--n-random", type=number(int, 1), default=3, help="seeds of each random control")
+    add_shared(parser, "--tie-break")
     parser.add_argument(
         "--thresholds",
         type=names(THRESHOLD_MODES),
@@ -484,6 +499,11 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...]
         add_generate_options,
     ),
     ("eval", "evaluate methods on TruthfulQA and the six MC tasks (resumable)", add_eval_options),
+    (
+        "plot",
+        "draw a result folder's figures (heatmaps, MC and generation scores with intervals)",
+        add_plot_options,
+    ),
     ("sweep", "evaluate over a grid of alpha, threshold, back_steps and K", add_sweep_options),
     (
         "bench",

@@ -38,7 +38,7 @@ from matplotlib.transforms import ScaledTranslation
 from torch import Tensor
 
 from fasb_tl._io import atomic_write
-from fasb_tl.probes import wilson_interval
+from fasb_tl.probes import TieBreak, top_head_indices, wilson_interval
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -345,12 +345,12 @@ def plot_layer_accuracy(
     return fig
 
 
-def top_head_set(accuracy: Float[Tensor, "layer head"], k: int) -> set[tuple[int, int]]:
-    """The ``k`` best heads as ``(layer, head)`` pairs, ties to the lower index (as ``HeadProbes.top_heads``)."""
-    heads = accuracy.shape[1]
-    flat = accuracy.flatten().tolist()
-    best = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k]
-    return {(i // heads, i % heads) for i in best}
+def top_head_set(
+    accuracy: Float[Tensor, "layer head"], k: int, tie_break: TieBreak = "released"
+) -> set[tuple[int, int]]:
+    """The ``k`` best heads as ``(layer, head)`` pairs, chosen as fitting chooses them
+    (:func:`~fasb_tl.probes.top_head_indices`)."""
+    return {(layer, head) for layer, head in top_head_indices(accuracy, k, tie_break).tolist()}
 
 
 def plot_backend_agreement(
