@@ -147,7 +147,9 @@ def settings_line(rows: list[dict]) -> str:
         mc_size = "all 817" if tqa["n_mc"] is None else tqa["n_mc"]
         parts.append(
             f"TruthfulQA: K={tqa['k']}, alpha={tqa['alpha']}, threshold={tqa['threshold']} (on mean P(true)),"
-            f" back_steps={tqa['back_steps']}, {tqa['direction']} directions, {tqa['history']} history, greedy,"
+            f" back_steps={tqa['back_steps']}, {tqa['direction']} directions,"
+            f" {tqa['history']} history (iti: {tqa.get('iti_history', 'reference')}),"
+            f" top-K ties {tqa.get('tie_break', 'lowest')}, probes {tqa['backend']}, greedy,"
             f" {tqa['max_new_tokens']} new tokens, {tqa['n_folds']} folds / val {tqa['val_fraction']} /"
             f" seed {tqa['seed']}; MC on {mc_size} questions; generation on a seeded subset of"
             f" {tqa['n_generation']} questions"

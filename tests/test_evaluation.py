@@ -35,6 +35,7 @@ from fasb_tl.evaluation.variants import plan_variants, row_variant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
 import reproduce_tables
+from test_plan_golden import assert_same
 
 TINY_TQA = TruthfulQAConfig(k=4, alpha=5.0, back_steps=2, max_new_tokens=4, n_mc=8, n_generation=6)
 
@@ -245,9 +246,13 @@ def test_a_sigkilled_sweep_resumes_to_the_uninterrupted_result(tmp_path, data_di
     by_key = {r["key"]: r for r in reference}
     for row in resumed:
         expected = by_key[row["key"]]
-        assert {k: v for k, v in row.items() if k != "seconds"} == {
-            k: v for k, v in expected.items() if k != "seconds"
-        }
+        # The killed run used one thread, the reference two: sums may differ in the last bits of float32.
+        assert_same(
+            {k: v for k, v in row.items() if k != "seconds"},
+            {k: v for k, v in expected.items() if k != "seconds"},
+            row["key"],
+            rel=1e-5,
+        )
 
 
 def test_controls_and_calibrated_variants_sit_beside_the_plain_rows(

@@ -182,3 +182,52 @@ def test_the_paper_protocol_steers_the_answer_tokens_after_the_kept_ones(
     assert float(got.scores[0]) == pytest.approx(float(by_hand[answer_positions].sum()), abs=1e-4)
     first_token_steered = not torch.isclose(by_hand[start - 1], plain[start - 1], atol=1e-6)
     assert first_token_steered == short
+
+
+def test_iti_generates_with_its_own_cached_history_and_the_fasb_methods_with_the_released_loop(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    import fasb_tl.evaluation.truthfulqa_generation as generation_job
+
+    used = {}
+    real = generation_job.generate
+
+    def recording(model, prompts, steerer, config, **kwargs):
+        used[config.method] = config.history
+        return real(model, prompts, steerer, config, **kwargs)
+
+    monkeypatch.setattr(generation_job, "generate", recording)
+    plan = EvalPlan(
+        tasks=["truthfulqa"],
+        methods=["iti", "fasb"],
+        truthfulqa=TruthfulQAConfig(k=4, alpha=5.0, back_steps=2, max_new_tokens=3, n_mc=2, n_generation=2),
+        mc=False,
+    )
+    out = tmp_path / "out"
+    run_plan(
+        tiny_model,
+        plan,
+        out,
+        data_dir=small_data_dir(tiny_model, data_dir, tmp_path / "data"),
+        progress=False,
+    )
+    assert used == {"iti": "persistent", "fasb": "reference"}
+    from fasb_tl.evaluation.tables import generation_histories
+
+    note = generation_histories(ResultStore(out).rows)
+    assert note == "Generation history: persistent (iti); reference (fasb)"
+
+
+def test_iti_history_stays_out_of_keys_at_its_legacy_value():
+    legacy = TruthfulQAConfig(iti_history="reference")
+    assert (
+        "iti_history" not in legacy.identity()
+        and TruthfulQAConfig().identity()["iti_history"] == "persistent"
+    )
+    assert TruthfulQAConfig.from_identity(legacy.identity()) == legacy
+    assert (
+        TruthfulQAConfig().history_of("iti") == "persistent"
+        and TruthfulQAConfig().history_of("fasb") == "reference"
+    )
+    with pytest.raises(ValueError, match="iti_history must be one of"):
+        TruthfulQAConfig(iti_history="cached")

@@ -83,19 +83,20 @@ def small_plan_rows(model, data_dir: Path, folder: Path) -> list[dict]:
     return sorted(rows, key=lambda row: row["key"])
 
 
-def assert_same(got, want, where: str) -> None:
+def assert_same(got, want, where: str, rel: float = 1e-6) -> None:
+    """Equal structure and values, floats to a relative ``rel`` (and 1e-6 absolute)."""
     if isinstance(want, float) and isinstance(got, float):
-        assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6) or (
-            math.isnan(got) and math.isnan(want)
-        ), f"{where}: {got} != {want}"
+        assert math.isclose(got, want, rel_tol=rel, abs_tol=1e-6) or (math.isnan(got) and math.isnan(want)), (
+            f"{where}: {got} != {want}"
+        )
     elif isinstance(want, dict) and isinstance(got, dict):
         assert sorted(got) == sorted(want), f"{where}: fields {sorted(got)} != {sorted(want)}"
         for name in want:
-            assert_same(got[name], want[name], f"{where}.{name}")
+            assert_same(got[name], want[name], f"{where}.{name}", rel)
     elif isinstance(want, list) and isinstance(got, list):
         assert len(got) == len(want), f"{where}: {len(got)} items != {len(want)}"
         for i, (a, b) in enumerate(zip(got, want)):
-            assert_same(a, b, f"{where}[{i}]")
+            assert_same(a, b, f"{where}[{i}]", rel)
     else:
         assert got == want, f"{where}: {got!r} != {want!r}"
 

@@ -165,6 +165,7 @@ def _eval_plan(args: argparse.Namespace, tasks: list[str], steering: dict):
             n_generation=args.n_gen,
             max_new_tokens=args.max_new_tokens,
             history=args.history,
+            iti_history=args.iti_history,
         ),
         multichoice=MultiChoiceConfig(**steering, n_pool=args.n_pool, n_eval=args.n_items),
         caa=CAAConfig(layer=args.caa_layer, multiplier=args.caa_multiplier),
@@ -180,10 +181,20 @@ def _eval_plan(args: argparse.Namespace, tasks: list[str], steering: dict):
 
 def _print_tables(out: Path) -> None:
     from fasb_tl.evaluation.results import ResultStore
-    from fasb_tl.evaluation.tables import multichoice_table, to_markdown, truthfulqa_table
+    from fasb_tl.evaluation.tables import (
+        generation_histories,
+        multichoice_table,
+        to_markdown,
+        truthfulqa_table,
+    )
 
     rows = ResultStore(out).rows
     print("\nTruthfulQA (fold-averaged, %):\n" + to_markdown(truthfulqa_table(rows)))
+    if generation_histories(rows):
+        print(
+            generation_histories(rows)
+            + " (reference: the released FASB loop; persistent: ITI's cached generate)"
+        )
     for protocol in ("paper", "question"):
         print(
             f"Multiple-choice accuracy (%), {protocol} protocol:\n"

@@ -407,6 +407,13 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
         help="MC protocols for the monitored methods",
     )
     add_shared(parser, "--data-dir", "--k", "--alpha", "--threshold", "--back-steps", "--history")
+    parser.add_argument(
+        "--iti-history",
+        default="persistent",
+        choices=HISTORIES,
+        help="KV-cache history of the iti generation rows: persistent is ITI's own cached generate, reference "
+        "the released FASB loop (--history sets the FASB methods')",
+    )
     add_shared(parser, "--max-new-tokens")
     parser.add_argument(
         "--n-mc", type=number(int, 1), default=None, help="TruthfulQA MC questions (default: all 817)"

@@ -126,6 +126,20 @@ def _truthfulqa_table(rows: list[dict], variant: str) -> pd.DataFrame:
     return frame.dropna(how="all")
 
 
+def generation_histories(rows: list[dict]) -> str:
+    """How the generation rows kept steered positions in the KV cache, per method, in words for a table's
+    caption (rows stored before ``iti_history`` existed generated ITI with ``reference``)."""
+    used: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["task"] == "truthfulqa-gen" and row["method"] not in ("none",):
+            config = row.get("config", {})
+            method = row["method"]
+            history = config.get("iti_history", "reference") if method == "iti" else config.get("history")
+            used[str(history)].add(method)
+    parts = [f"{history} ({', '.join(sorted(methods))})" for history, methods in sorted(used.items())]
+    return "Generation history: " + "; ".join(parts) if parts else ""
+
+
 def multichoice_table(rows: list[dict], protocol: str = "paper", variant: str = "") -> pd.DataFrame:
     """Six-task accuracy (%) per method under ``protocol`` (and ``variant``), with the average over tasks, per
     model and config (:func:`config_sections`)."""

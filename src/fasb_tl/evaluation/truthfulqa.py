@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -52,15 +53,29 @@ MC_METHODS = GENERATION_METHODS
 
 @dataclass(frozen=True)
 class TruthfulQAConfig(SteeringSettings):
-    """Protocol settings; the steering defaults are the released script's values for Llama-2-7B-chat."""
+    """Protocol settings; the steering defaults are the released script's values for Llama-2-7B-chat.
+
+    ``history`` is how the FASB methods keep steered positions in the KV cache (``reference``: as the released
+    FASB loop); ``iti_history`` is ITI's own, ``persistent`` (ITI steers inside ``model.generate``, whose cache
+    keeps each steered position steered)."""
+
+    LEGACY_VALUES: ClassVar[dict[str, object]] = {
+        **SteeringSettings.LEGACY_VALUES,
+        "iti_history": "reference",
+    }
 
     alpha: float = 60.0
     n_folds: int = 2
     max_new_tokens: int = 50
     history: str = "reference"
+    iti_history: str = "persistent"
     n_mc: int | None = None
     n_generation: int | None = None
     generation_batch_size: int = 8
+
+    def history_of(self, method: str) -> str:
+        """The KV-cache history ``method``'s answers are generated with."""
+        return self.iti_history if method == "iti" else self.history
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         """The shared checks and the protocol's own."""
@@ -69,6 +84,7 @@ class TruthfulQAConfig(SteeringSettings):
             "n_folds": (self.n_folds >= 2, ">= 2"),
             "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
             "history": (self.history in HISTORIES, f"one of {HISTORIES}"),
+            "iti_history": (self.iti_history in HISTORIES, f"one of {HISTORIES}"),
             "n_mc": (self.n_mc is None or self.n_mc >= 1, "None or >= 1"),
             "n_generation": (self.n_generation is None or self.n_generation >= 1, "None or >= 1"),
             "generation_batch_size": (self.generation_batch_size >= 1, ">= 1"),

@@ -59,7 +59,7 @@ class _Answering:
             threshold=folds.calibration(self.fold).threshold if spec.variant.calibrated else cfg.threshold,
             back_steps=cfg.back_steps,
             max_new_tokens=cfg.max_new_tokens,
-            history=cfg.history,
+            history=cfg.history_of(method),
         )
         if method == "none":
             steerer = None
