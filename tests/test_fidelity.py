@@ -231,3 +231,11 @@ def test_iti_history_stays_out_of_keys_at_its_legacy_value():
     )
     with pytest.raises(ValueError, match="iti_history must be one of"):
         TruthfulQAConfig(iti_history="cached")
+
+
+def test_a_steerer_records_how_its_heads_were_chosen(planted, tmp_path):
+    assert fit(planted).meta.head_selection == "released"
+    assert fit(planted, tie_break="lowest").meta.head_selection == "lowest"
+    given = fit(planted, heads=torch.tensor([[0, 1]]))
+    assert given.meta.head_selection == "given"
+    assert Steerer.load(given.save(tmp_path / "given")).meta.head_selection == "given"

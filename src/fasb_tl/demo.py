@@ -50,7 +50,7 @@ def _steerer(model, records: list[QARecord], config: DemoConfig, folder: Path) -
             reason = f"the folder {folder} holds no usable Steerer ({err})"
         else:
             meta = cached.meta
-            wanted = (model_name(model), "builtin", config.seed, 0, config.k, "mass_mean")
+            wanted = (model_name(model), "builtin", config.seed, 0, config.k, "mass_mean", "released")
             if (
                 meta.model_name,
                 meta.dataset,
@@ -58,6 +58,7 @@ def _steerer(model, records: list[QARecord], config: DemoConfig, folder: Path) -
                 meta.fold,
                 cached.k,
                 meta.direction,
+                meta.head_selection,
             ) == wanted:
                 return (
                     cached,

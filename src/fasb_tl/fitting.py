@@ -80,6 +80,7 @@ def steerer_from_activations(
         train_acts, train_labels, val_acts, val_labels, progress
     )
     heads = probes.top_heads(k, tie_break) if chosen is None else chosen
+    meta = replace(meta, head_selection=tie_break if chosen is None else "given")
     layer, head = heads[:, 0], heads[:, 1]
     acts = torch.cat([train_acts[:, layer, head], val_acts[:, layer, head]])
     weights = probes.coef_[layer, head]

@@ -86,6 +86,9 @@ class SteererMeta:
     library_version: str = field(default_factory=_library_version)
     format_version: int = FORMAT_VERSION
     model_fingerprint: str | None = None  # models.weights_fingerprint; None in older files
+    # How the heads were chosen: a top-K tie rule ("released", "lowest") or "given"; None in older files,
+    # which broke ties as "lowest" does.
+    head_selection: str | None = None
 
     def check_model(self, model: TransformerBridge, allow_other_model: bool = False) -> None:
         """Raise :class:`ModelMismatchError` unless ``model`` has this shape and is the model fitted on (same
