@@ -291,6 +291,21 @@ def relabelled(steerer: Steerer, **meta) -> Steerer:
     return replace(steerer, meta=replace(steerer.meta, **meta))
 
 
+def eval_argv(steerer_folder, data, out, *extra: str) -> list[str]:
+    """``fasb eval`` on the tiny model with a supplied Steerer."""
+    return [
+        "eval",
+        *TINY,
+        *extra,
+        "--steerer",
+        str(steerer_folder),
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+    ]
+
+
 def test_eval_refuses_a_steerer_that_would_mix_results_before_the_model_loads(
     steerer, small_data, tmp_path, no_model, capsys
 ):
@@ -318,35 +333,13 @@ def test_eval_refuses_a_steerer_that_would_mix_results_before_the_model_loads(
     for index, (candidate, extra, expected) in enumerate(cases):
         folder = candidate.save(tmp_path / f"steerer{index}")
         out = tmp_path / f"out{index}"
-        argv = [
-            "eval",
-            *TINY,
-            *extra,
-            "--steerer",
-            str(folder),
-            "--data-dir",
-            str(small_data),
-            "--out",
-            str(out),
-        ]
-        message = refusal(argv, capsys)
+        message = refusal(eval_argv(folder, small_data, out, *extra), capsys)
         assert message.startswith("fasb eval: error: argument --steerer: ") and expected in message, message
         assert not out.exists()
     # The split that fits is accepted up to the model (which this test refuses to load).
     folder = relabelled(steerer, **tqa).save(tmp_path / "fits")
     with pytest.raises(ModelLoaded):
-        main(
-            [
-                "eval",
-                *TINY,
-                "--steerer",
-                str(folder),
-                "--data-dir",
-                str(small_data),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
+        main(eval_argv(folder, small_data, tmp_path / "o"))
     argv = ["sweep", *TINY, "--steerer", str(folder), "--grid-k", "2,4", "--out", str(tmp_path / "sweep")]
     assert "argument --grid-k" in refusal(argv, capsys)
 

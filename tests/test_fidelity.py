@@ -23,6 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_plan_golden import small_data_dir
 
 
+def run_tiny_plan(model, plan: EvalPlan, data_dir: Path, tmp_path: Path) -> Path:
+    """Run ``plan`` on the small TruthfulQA of the golden test (and COPA) into ``tmp_path/out``."""
+    out = tmp_path / "out"
+    run_plan(model, plan, out, data_dir=small_data_dir(model, data_dir, tmp_path / "data"), progress=False)
+    return out
+
+
 def test_random_heads_are_distinct_inside_the_grid_and_seeded():
     heads = random_heads(30, 9, 24, seed=3)
     assert heads.shape == (24, 2) and len({tuple(h) for h in heads.tolist()}) == 24
@@ -117,14 +124,7 @@ def test_a_plan_with_the_random_heads_control_steers_and_gates_with_random_heads
         controls=["random_heads"],
         n_random=1,
     )
-    out = tmp_path / "out"
-    run_plan(
-        tiny_model,
-        plan,
-        out,
-        data_dir=small_data_dir(tiny_model, data_dir, tmp_path / "data"),
-        progress=False,
-    )
+    out = run_tiny_plan(tiny_model, plan, data_dir, tmp_path)
     rows = ResultStore(out).rows
     controlled = [r for r in rows if r.get("control") == "random_heads"]
     assert {r["task"] for r in controlled} == {"truthfulqa-mc", "truthfulqa-gen", "copa"}
@@ -203,14 +203,7 @@ def test_iti_generates_with_its_own_cached_history_and_the_fasb_methods_with_the
         truthfulqa=TruthfulQAConfig(k=4, alpha=5.0, back_steps=2, max_new_tokens=3, n_mc=2, n_generation=2),
         mc=False,
     )
-    out = tmp_path / "out"
-    run_plan(
-        tiny_model,
-        plan,
-        out,
-        data_dir=small_data_dir(tiny_model, data_dir, tmp_path / "data"),
-        progress=False,
-    )
+    out = run_tiny_plan(tiny_model, plan, data_dir, tmp_path)
     assert used == {"iti": "persistent", "fasb": "reference"}
     from fasb_tl.evaluation.tables import generation_histories
 
